@@ -1,0 +1,156 @@
+"""Configuration classes, read from the environment once at start-up.
+
+``APP_ENV`` (or the Node service's ``NODE_ENV``) picks the class: ``production``, ``development`` (the
+default) or ``testing``. Production refuses to start without the secrets it cannot safely invent.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import timedelta
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise RuntimeError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+class ConfigurationError(RuntimeError):
+    """Raised at start-up when the environment cannot produce a safe configuration."""
+
+
+class Config:
+    """Settings shared by every environment, read from the environment when the object is built."""
+
+    ENV_NAME = "development"
+    TESTING = False
+    DEBUG = False
+
+    # Fixed settings (not environment-driven).
+    JWT_ALGORITHM = "HS256"
+    JWT_DECODE_ALGORITHMS = ["HS256"]
+    JWT_IDENTITY_CLAIM = "userId"  # the Node service's claim name
+    JWT_ACCESS_TOKEN_EXPIRES = timedelta(days=7)
+    JWT_TOKEN_LOCATION = ["headers", "cookies"]  # Bearer header first, then the cookie
+    JWT_ACCESS_COOKIE_NAME = "token"
+    JWT_ACCESS_COOKIE_PATH = "/"
+    JWT_COOKIE_SAMESITE = "Lax"
+    JWT_COOKIE_CSRF_PROTECT = False  # the Node clients send no CSRF header; SameSite=Lax covers form posts
+    JWT_SESSION_COOKIE = False  # the cookie carries Max-Age = token lifetime
+    JWT_ENCODE_NBF = False
+    MAX_CONTENT_LENGTH = 100 * 1024
+    MAX_JSON_DEPTH = 32
+    GENERATED_JWT_SECRET = False
+
+    def __init__(self) -> None:
+        env = os.environ.get
+        # Database: MONGO_URI set -> real MongoDB (a replica set); unset -> the embedded in-memory engine.
+        self.MONGO_URI = env("MONGO_URI") or None
+        self.MONGO_DB_NAME = env("MONGO_DB_NAME") or None  # default: the URI's database, else banking-ledger
+        self.TRANSACTION_TIMEOUT_SECONDS = float(env("TRANSACTION_TIMEOUT_SECONDS") or 10)
+
+        self.JWT_SECRET_KEY = env("JWT_SECRET") or None
+        self.COOKIE_SECURE = _env_bool("COOKIE_SECURE", False)
+        self.BCRYPT_ROUNDS = _env_int("BCRYPT_ROUNDS", 10)
+
+        # The system user is bootstrapped from these at start-up when all three are set.
+        self.SYSTEM_USER_EMAIL = env("SYSTEM_USER_EMAIL") or None
+        self.SYSTEM_USER_PASSWORD = env("SYSTEM_USER_PASSWORD") or None
+        self.SYSTEM_USER_NAME = env("SYSTEM_USER_NAME") or None
+
+        # Email (flask-mail). Without MAIL_SERVER messages are written to the log instead of sent.
+        self.MAIL_SERVER = env("MAIL_SERVER") or None
+        self.MAIL_PORT = _env_int("MAIL_PORT", 587)
+        self.MAIL_USE_TLS = _env_bool("MAIL_USE_TLS", False)
+        self.MAIL_USE_SSL = _env_bool("MAIL_USE_SSL", False)
+        self.MAIL_USERNAME = env("EMAIL_USER") or None
+        self.MAIL_PASSWORD = env("EMAIL_PASS") or None
+        self.MAIL_DEFAULT_SENDER = env("MAIL_DEFAULT_SENDER") or "Banking Ledger <no-reply@ledger.local>"
+        self.OUTBOX_SENDER_ENABLED = _env_bool("OUTBOX_SENDER_ENABLED", True)
+        self.OUTBOX_POLL_SECONDS = float(env("OUTBOX_POLL_SECONDS") or 2)
+        self.OUTBOX_MAX_ATTEMPTS = _env_int("OUTBOX_MAX_ATTEMPTS", 8)
+
+        self.LOG_LEVEL = env("LOG_LEVEL") or "INFO"
+
+    def validate(self) -> None:
+        """Fill in development defaults; production overrides this to make missing secrets fatal."""
+        if not self.JWT_SECRET_KEY:
+            self.JWT_SECRET_KEY = secrets.token_urlsafe(48)
+            self.GENERATED_JWT_SECRET = True
+
+
+class DevelopmentConfig(Config):
+    ENV_NAME = "development"
+
+
+class TestingConfig(Config):
+    """The test suite's settings: fast bcrypt, a fixed secret, no background threads, no real mail."""
+
+    ENV_NAME = "testing"
+    TESTING = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.MONGO_URI = os.environ.get("LEDGER_TEST_MONGO_URI") or None
+        self.MONGO_DB_NAME = None
+        self.JWT_SECRET_KEY = "test-secret-not-for-production-0123456789abcdef"
+        self.BCRYPT_ROUNDS = 4
+        self.SYSTEM_USER_EMAIL = self.SYSTEM_USER_PASSWORD = self.SYSTEM_USER_NAME = None
+        self.MAIL_SERVER = None
+        self.OUTBOX_SENDER_ENABLED = False
+
+
+class ProductionConfig(Config):
+    ENV_NAME = "production"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.COOKIE_SECURE = _env_bool("COOKIE_SECURE", True)
+
+    def validate(self) -> None:
+        for variable, value in (("JWT_SECRET", self.JWT_SECRET_KEY), ("MONGO_URI", self.MONGO_URI)):
+            if not value:
+                raise ConfigurationError(
+                    f"{variable} is not set: production refuses to start without it "
+                    f"(set APP_ENV=development to run with the embedded engine and a generated secret)"
+                )
+        if len(self.JWT_SECRET_KEY) < 32:
+            raise ConfigurationError("JWT_SECRET is too short: production needs at least 32 characters")
+
+
+CONFIGS = {
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+    "test": TestingConfig,
+    "production": ProductionConfig,
+}
+
+
+def environment_name() -> str:
+    """The environment the process runs in: APP_ENV, else the Node service's NODE_ENV, else development."""
+    return (os.environ.get("APP_ENV") or os.environ.get("NODE_ENV") or "development").strip().lower()
+
+
+def load_config(name: str | None = None) -> Config:
+    """Build and validate the configuration object for ``name`` (default: from the environment)."""
+    name = (name or environment_name()).lower()
+    try:
+        config_class = CONFIGS[name]
+    except KeyError as exc:
+        raise ConfigurationError(f"APP_ENV={name!r} is not one of {sorted(set(CONFIGS))}") from exc
+    config = config_class()
+    config.validate()
+    return config

@@ -1,0 +1,13 @@
+"""HTTP blueprints, one module per Node controller. They parse input into primitives, call one service
+function and serialise the result; no database access happens here."""
+
+from flask import Flask
+
+
+def register_blueprints(app: Flask) -> None:
+    from ledger.api import accounts, auth, ops, transactions
+
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(auth.bp, url_prefix="/api/auth")
+    app.register_blueprint(accounts.bp, url_prefix="/api/accounts")
+    app.register_blueprint(transactions.bp, url_prefix="/api/transactions")

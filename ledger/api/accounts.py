@@ -1,0 +1,58 @@
+"""``/api/accounts``: open and read the caller's accounts (the Node service's account controller)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+from flask_jwt_extended import current_user, jwt_required
+
+from ledger import validation
+from ledger.api.serializers import account_json
+from ledger.errors import AccountNotFound
+from ledger.jsonio import json_body
+from ledger.money import DEFAULT_CURRENCY, to_major
+from ledger.services import accounts as account_service
+
+bp = Blueprint("accounts", __name__)
+
+
+@bp.post("")
+@bp.post("/create")
+@jwt_required()
+def create_account():
+    body = json_body(required=False)
+    currency = body.get("currency")
+    currency = DEFAULT_CURRENCY if currency is None else validation.currency(currency)
+    account = account_service.open_account(current_user["_id"], currency)
+    return jsonify({"account": account_json(account)}), 201
+
+
+@bp.get("")
+@jwt_required()
+def list_accounts():
+    accounts = account_service.list_accounts(current_user["_id"])
+    return jsonify({"accounts": [account_json(a) for a in accounts]})
+
+
+@bp.get("/user/<user_id>")
+@jwt_required()
+def list_accounts_of_user(user_id: str):
+    # Only the caller's own id is visible; any other id looks like a user with no accounts we can show.
+    if validation.maybe_object_id(user_id) != current_user["_id"]:
+        raise AccountNotFound("No accounts found for this user")
+    accounts = account_service.list_accounts(current_user["_id"])
+    return jsonify({"accounts": [account_json(a) for a in accounts]})
+
+
+@bp.get("/balance/<account_id>")
+@jwt_required()
+def get_balance(account_id: str):
+    account = account_service.get_account(current_user["_id"], validation.maybe_object_id(account_id))
+    balance = to_major(account.get("balance", 0), account["currency"])
+    return jsonify({"accountId": str(account["_id"]), "balance": balance})
+
+
+@bp.get("/<account_id>")
+@jwt_required()
+def get_account(account_id: str):
+    account = account_service.get_account(current_user["_id"], validation.maybe_object_id(account_id))
+    return jsonify({"account": account_json(account)})

@@ -1,0 +1,34 @@
+"""Documents to wire JSON: ids as hex strings, money in exact major units, dates ISO-8601 with ``Z``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ledger.money import to_major
+
+
+def account_json(account: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "_id": str(account["_id"]),
+        "user": str(account["user"]),
+        "status": account["status"],
+        "currency": account["currency"],
+        "balance": to_major(account.get("balance", 0), account["currency"]),
+        "createdAt": account.get("createdAt"),
+        "updatedAt": account.get("updatedAt"),
+    }
+
+
+def transaction_json(txn: dict[str, Any]) -> dict[str, Any]:
+    currency = txn.get("currency") or "INR"
+    return {
+        "_id": str(txn["_id"]),
+        "fromAccount": str(txn["fromAccount"]),
+        "toAccount": str(txn["toAccount"]),
+        "amount": to_major(txn["amount"], currency),
+        "currency": currency,
+        "status": txn["status"],
+        "idempotencyKey": txn["idempotencyKey"],
+        "createdAt": txn.get("createdAt"),
+        "updatedAt": txn.get("updatedAt"),
+    }

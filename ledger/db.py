@@ -1,0 +1,329 @@
+"""The database layer: one client per process, engine selection, indexes and the transaction helper.
+
+``MONGO_URI`` set selects real MongoDB, which must be a replica set (multi-document transactions need one).
+``MONGO_URI`` unset selects the embedded engine (:mod:`ledger.embedded`): in memory, one process, data lost on
+exit. Either way the rest of the code sees pymongo's API.
+
+The client is created lazily on first use, so a gunicorn master that imports the app never holds a client
+its forked workers would inherit; each worker builds its own after fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Flask, current_app
+from pymongo import IndexModel, MongoClient, ReadPreference, uri_parser
+from pymongo.client_session import ClientSession
+from pymongo.database import Database
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from ledger import embedded
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_DB_NAME = "banking-ledger"
+TRANSACTION_READ_CONCERN = ReadConcern("snapshot")
+TRANSACTION_WRITE_CONCERN = WriteConcern("majority")
+
+TRANSIENT_LABEL = "TransientTransactionError"
+UNKNOWN_COMMIT_LABEL = "UnknownTransactionCommitResult"
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot serve this request now (no primary, timeout, retries exhausted)."""
+
+
+class NotAReplicaSet(RuntimeError):
+    """MONGO_URI points at a server that is not a replica set member: transactions are impossible."""
+
+
+class TransactionRetriesExhausted(DatabaseUnavailable):
+    """A transaction kept hitting transient errors until its time budget ran out."""
+
+
+class _ClientHolder:
+    """Process-wide client, created on first use and recreated in a forked child."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._key: tuple[str | None, int] | None = None
+
+    def get(self, uri: str | None) -> Any:
+        import os
+
+        key = (uri, os.getpid())
+        client = self._client
+        if client is not None and self._key == key:
+            return client
+        with self._lock:
+            if self._client is None or self._key != key:
+                self._client = _create_client(uri)
+                self._key = key
+            return self._client
+
+    def reset(self) -> None:
+        with self._lock:
+            if self._client is not None and self._key is not None and self._key[0] is not None:
+                self._client.close()
+            self._client = None
+            self._key = None
+
+
+_holder = _ClientHolder()
+
+
+def _create_client(uri: str | None) -> Any:
+    if uri is None:
+        return embedded.create_client()
+    return MongoClient(
+        uri,
+        tz_aware=True,
+        connect=False,
+        retryWrites=True,
+        retryReads=True,
+        serverSelectionTimeoutMS=5000,
+        appname="banking-ledger",
+    )
+
+
+def is_embedded(app: Flask | None = None) -> bool:
+    app = app or current_app
+    return not app.config.get("MONGO_URI")
+
+
+def get_client(app: Flask | None = None) -> Any:
+    app = app or current_app
+    return _holder.get(app.config.get("MONGO_URI"))
+
+
+def database_name(app: Flask | None = None) -> str:
+    app = app or current_app
+    if app.config.get("MONGO_DB_NAME"):
+        return app.config["MONGO_DB_NAME"]
+    uri = app.config.get("MONGO_URI")
+    if uri:
+        parsed = uri_parser.parse_uri(uri)
+        if parsed.get("database"):
+            return parsed["database"]
+    return DEFAULT_DB_NAME
+
+
+def get_db(app: Flask | None = None) -> Database:
+    app = app or current_app
+    return get_client(app)[database_name(app)]
+
+
+def reset_client() -> None:
+    """Forget the process's client (tests use this to start each app on an empty embedded database)."""
+    _holder.reset()
+
+
+# --------------------------------------------------------------------------------------------- indexes
+
+
+def declared_indexes() -> dict[str, list[IndexModel]]:
+    """Every index the models declare, keyed by collection name."""
+    from ledger.models import ALL_MODELS
+
+    result: dict[str, list[IndexModel]] = {}
+    for model in ALL_MODELS:
+        result[model._get_collection_name()] = [
+            IndexModel(spec["fields"], **{k: v for k, v in spec.items() if k != "fields"})
+            for spec in model._meta["index_specs"]
+        ]
+    return result
+
+
+def ensure_indexes(db: Database) -> None:
+    """Create the declared indexes (idempotent; existing indexes with the same definition are kept)."""
+    for collection_name, models in declared_indexes().items():
+        if models:
+            db[collection_name].create_indexes(models)
+
+
+def missing_indexes(db: Database) -> list[str]:
+    """Names of declared indexes the database does not have."""
+    missing = []
+    for collection_name, models in declared_indexes().items():
+        present = {tuple(info["key"]) for info in db[collection_name].index_information().values()}
+        for model in models:
+            keys = tuple((field, direction) for field, direction in model.document["key"].items())
+            if keys not in present:
+                missing.append(f"{collection_name}.{model.document['name']}")
+    return missing
+
+
+# ----------------------------------------------------------------------------------- engine checks
+
+
+def check_replica_set(client: MongoClient) -> dict:
+    """Return ``hello`` of a real server; raise if it is not a replica-set member with a primary."""
+    try:
+        hello = client.admin.command("hello")
+    except ConnectionFailure as exc:
+        raise DatabaseUnavailable("the database did not answer") from exc
+    if not hello.get("setName") and hello.get("msg") != "isdbgrid":
+        raise NotAReplicaSet(
+            "MONGO_URI points at a standalone MongoDB server: multi-document transactions need a replica set "
+            "(start mongod with --replSet and run rs.initiate(), or use the docker-compose.yml replica set)"
+        )
+    if hello.get("setName") and not (hello.get("isWritablePrimary") or hello.get("primary")):
+        raise DatabaseUnavailable("the replica set has no primary")
+    return hello
+
+
+def readiness(app: Flask) -> tuple[bool, dict]:
+    """What ``GET /ready`` reports: engine, replica-set state and index presence."""
+    report: dict[str, Any] = {"engine": "embedded" if is_embedded(app) else "mongodb"}
+    try:
+        if not is_embedded(app):
+            hello = check_replica_set(get_client(app))
+            report["replicaSet"] = hello.get("setName") or "mongos"
+        missing = missing_indexes(get_db(app))
+    except (DatabaseUnavailable, NotAReplicaSet) as exc:
+        report["error"] = str(exc)
+        return False, report
+    except PyMongoError:
+        report["error"] = "the database did not answer"
+        return False, report
+    if missing:
+        report["error"] = "indexes missing"
+        report["missingIndexes"] = missing
+        return False, report
+    return True, report
+
+
+# ------------------------------------------------------------------------------------- transactions
+
+
+def _has_label(exc: BaseException, label: str) -> bool:
+    return isinstance(exc, PyMongoError) and exc.has_error_label(label)
+
+
+def run_in_transaction(
+    callback: Callable[[ClientSession], T],
+    *,
+    app: Flask | None = None,
+    timeout_seconds: float | None = None,
+    on_retry: Callable[[str], None] | None = None,
+) -> T:
+    """Run ``callback(session)`` in one multi-document transaction and commit it; return its result.
+
+    Every multi-document write goes through here. The transaction reads at ``snapshot``, commits with
+    ``majority`` and runs on the primary. ``TransientTransactionError`` (a write conflict, a primary step-down)
+    reruns the whole callback after a jittered backoff; ``UnknownTransactionCommitResult`` retries only the
+    commit, which MongoDB makes idempotent. Both stop once ``timeout_seconds`` have passed, raising
+    :class:`TransactionRetriesExhausted`. Any other exception aborts the transaction and propagates.
+
+    The callback may run several times, so it must have no side effects outside the session: no email, no
+    counters, no caching of what it read.
+    """
+    app = app or current_app
+    timeout = timeout_seconds if timeout_seconds is not None else app.config["TRANSACTION_TIMEOUT_SECONDS"]
+    deadline = time.monotonic() + timeout
+    client = get_client(app)
+    attempt = 0
+    with client.start_session() as session:
+        while True:
+            attempt += 1
+            session.start_transaction(
+                read_concern=TRANSACTION_READ_CONCERN,
+                write_concern=TRANSACTION_WRITE_CONCERN,
+                read_preference=ReadPreference.PRIMARY,
+            )
+            try:
+                result = callback(session)
+            except BaseException as exc:
+                _abort_quietly(session)
+                if _has_label(exc, TRANSIENT_LABEL):
+                    _backoff_or_give_up(attempt, deadline, exc, on_retry, "transient")
+                    continue
+                raise
+            if _commit_with_retry(session, deadline, on_retry):
+                return result
+            _backoff_or_give_up(attempt, deadline, None, on_retry, "transient-commit")
+
+
+def _commit_with_retry(
+    session: ClientSession, deadline: float, on_retry: Callable[[str], None] | None
+) -> bool:
+    """Commit; True once committed, False if the whole transaction must be rerun."""
+    while True:
+        try:
+            session.commit_transaction()
+            return True
+        except PyMongoError as exc:
+            if _has_label(exc, UNKNOWN_COMMIT_LABEL) and not _is_max_time_expired(exc):
+                if time.monotonic() >= deadline:
+                    raise TransactionRetriesExhausted("commit outcome unknown after retries") from exc
+                if on_retry:
+                    on_retry("unknown-commit")
+                continue
+            if _has_label(exc, TRANSIENT_LABEL):
+                _abort_quietly(session)
+                if time.monotonic() >= deadline:
+                    raise TransactionRetriesExhausted("transaction kept conflicting") from exc
+                return False
+            _abort_quietly(session)
+            raise
+
+
+def _is_max_time_expired(exc: PyMongoError) -> bool:
+    return isinstance(exc, OperationFailure) and exc.code == 50
+
+
+def _abort_quietly(session: ClientSession) -> None:
+    if session.in_transaction:
+        try:
+            session.abort_transaction()
+        except PyMongoError:  # pragma: no cover - the server aborts on its own after a failed command
+            log.debug("abort_transaction failed; the server will abort the transaction itself")
+
+
+def _backoff_or_give_up(
+    attempt: int,
+    deadline: float,
+    exc: BaseException | None,
+    on_retry: Callable[[str], None] | None,
+    reason: str,
+) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TransactionRetriesExhausted("transaction kept conflicting") from exc
+    if on_retry:
+        on_retry(reason)
+    # Full jitter, growing with the attempt number, capped and never past the deadline.
+    delay = min(remaining, random.uniform(0, min(0.5, 0.005 * (2 ** min(attempt, 8)))))
+    time.sleep(delay)
+
+
+# ------------------------------------------------------------------------------------- app wiring
+
+
+def init_app(app: Flask) -> None:
+    """Check the engine, create the indexes and announce where the data lives."""
+    if is_embedded(app):
+        log.warning(
+            "MONGO_URI is not set: using the EMBEDDED in-memory engine. Data lives in this process only and "
+            "is LOST ON EXIT; run a single worker. Set MONGO_URI to a MongoDB replica set for real use."
+        )
+    else:
+        try:
+            check_replica_set(get_client(app))
+        except NotAReplicaSet:
+            raise
+        except DatabaseUnavailable as exc:
+            log.error("database not reachable at start-up (%s); /ready will report 503 until it is", exc)
+            return
+    ensure_indexes(get_db(app))

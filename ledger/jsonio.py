@@ -1,0 +1,105 @@
+"""JSON in and out, exactly.
+
+In: request bodies are parsed with JSON numbers as ``int``/``Decimal`` (never ``float``), ``NaN`` and
+``Infinity`` refused, nesting depth capped, invalid UTF-8 refused, and anything but an object refused, each with
+a clear 400. Out: ``Decimal`` is written as a JSON number digit for digit, dates as ISO-8601 UTC with
+milliseconds and ``Z``, ObjectIds as 24-hex strings.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import simplejson
+from bson import ObjectId
+from flask import current_app, request
+from flask.json.provider import JSONProvider
+
+from ledger.errors import UnsupportedMediaType, ValidationFailed
+
+
+def iso_utc(value: datetime) -> str:
+    """``2026-03-01T10:00:00.000Z``: the format the Node service's JSON dates had."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso_utc(value)
+    if isinstance(value, ObjectId):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class LedgerJSONProvider(JSONProvider):
+    """Flask's JSON provider, writing ``Decimal`` exactly (via simplejson) and refusing NaN."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs.setdefault("default", _default)
+        kwargs.setdefault("ensure_ascii", True)
+        return simplejson.dumps(obj, use_decimal=True, allow_nan=False, **kwargs)
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return json.loads(s, parse_float=Decimal, parse_constant=_refuse_constant, **kwargs)
+
+
+class _ConstantRefused(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _ConstantRefused(name)
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of ``value``, iteratively (deep input cannot exhaust the stack)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def json_body(*, required: bool = True) -> dict[str, Any]:
+    """The request's JSON object, or a clear 400/413/415.
+
+    With ``required=False`` an empty body is an empty object (for routes whose body is optional).
+    """
+    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    if not raw.strip():
+        if required:
+            raise ValidationFailed("Request body must be a JSON object")
+        return {}
+    mimetype = request.mimetype or ""
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationFailed("Request body is not valid UTF-8") from exc
+    try:
+        body = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+    except _ConstantRefused as exc:
+        raise ValidationFailed("NaN and Infinity are not valid JSON numbers") from exc
+    except RecursionError as exc:
+        raise ValidationFailed("JSON body is nested too deeply") from exc
+    except ValueError as exc:
+        raise ValidationFailed("Malformed JSON in request body") from exc
+    limit = current_app.config.get("MAX_JSON_DEPTH", 32)
+    if _depth(body, limit) > limit:
+        raise ValidationFailed(f"JSON body is nested too deeply (limit {limit})")
+    if not isinstance(body, dict):
+        raise ValidationFailed("Request body must be a JSON object")
+    return body

@@ -1,0 +1,199 @@
+"""The schema of record: mongoengine documents, with the Node service's collection names.
+
+These classes say what a stored document looks like (fields, choices, validation) and which indexes each
+collection has, as the Node service's Mongoose models did. Reads and writes go through pymongo with explicit
+sessions (mongoengine cannot join a client session); the services build documents with :func:`to_document`,
+which validates against these classes first, so nothing reaches the database that the schema would refuse.
+
+Money fields hold integer minor units (paise for INR). Ledger entries are immutable: the model refuses every
+update and delete, and no code path issues one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import mongoengine as me
+from bson import ObjectId
+
+ACCOUNT_STATUSES = ("ACTIVE", "FROZEN", "CLOSED")
+TRANSACTION_STATUSES = ("PENDING", "COMPLETED", "FAILED", "REVERSED")
+TRANSACTION_KINDS = ("TRANSFER", "INITIAL_FUNDS")
+ENTRY_TYPES = ("DEBIT", "CREDIT")
+NOTIFICATION_STATUSES = ("PENDING", "SENDING", "SENT", "LOGGED", "PARKED")
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, truncated to milliseconds (what BSON dates store)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class ImmutableLedgerError(RuntimeError):
+    """Raised on any attempt to change or remove a ledger entry."""
+
+
+class _Base(me.Document):
+    meta = {"abstract": True, "auto_create_index": False, "strict": False}
+
+
+class User(_Base):
+    email = me.StringField(required=True, max_length=254)
+    name = me.StringField(required=True, max_length=200)
+    password = me.StringField(required=True)  # bcrypt hash, never the password
+    systemUser = me.BooleanField(default=False)
+    createdAt = me.DateTimeField(required=True)
+    updatedAt = me.DateTimeField(required=True)
+
+    meta = {
+        "collection": "users",
+        "indexes": [{"fields": ["email"], "unique": True}],
+    }
+
+
+class Account(_Base):
+    user = me.ObjectIdField(required=True)
+    status = me.StringField(required=True, choices=ACCOUNT_STATUSES, default="ACTIVE")
+    currency = me.StringField(required=True, min_length=3, max_length=3, default="INR")
+    balance = me.LongField(required=True, default=0)  # minor units
+    seq = me.LongField(required=True, default=0)  # number of ledger entries on this account
+    systemUser = me.BooleanField(default=False)
+    # Present only on the system user's accounts: one system account per currency (unique, sparse).
+    systemCurrency = me.StringField(min_length=3, max_length=3)
+    createdAt = me.DateTimeField(required=True)
+    updatedAt = me.DateTimeField(required=True)
+
+    meta = {
+        "collection": "accounts",
+        "indexes": [
+            {"fields": ["user"]},
+            {"fields": ["user", "status"]},
+            {"fields": ["systemCurrency"], "unique": True, "sparse": True},
+        ],
+    }
+
+
+class Transaction(_Base):
+    kind = me.StringField(required=True, choices=TRANSACTION_KINDS)
+    fromAccount = me.ObjectIdField(required=True)
+    toAccount = me.ObjectIdField(required=True)
+    amount = me.LongField(required=True, min_value=1)  # minor units
+    currency = me.StringField(min_length=3, max_length=3)
+    status = me.StringField(required=True, choices=TRANSACTION_STATUSES)
+    idempotencyKey = me.StringField(required=True, min_length=1, max_length=255)
+    initiator = me.ObjectIdField(required=True)  # idempotency keys are scoped to the calling user
+    fingerprint = me.StringField(required=True)  # hash of the request the key was first used with
+    failure = me.DictField()  # {"code", "message", "httpStatus"} for FAILED attempts
+    createdAt = me.DateTimeField(required=True)
+    updatedAt = me.DateTimeField(required=True)
+
+    meta = {
+        "collection": "transactions",
+        "indexes": [
+            {"fields": ["initiator", "idempotencyKey"], "unique": True},
+            {"fields": ["fromAccount"]},
+            {"fields": ["toAccount"]},
+        ],
+    }
+
+
+class _ImmutableQuerySet(me.QuerySet):
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImmutableLedgerError("ledger entries are immutable: update refused")
+
+    def update_one(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImmutableLedgerError("ledger entries are immutable: update refused")
+
+    def modify(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImmutableLedgerError("ledger entries are immutable: modify refused")
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImmutableLedgerError("ledger entries are immutable: delete refused")
+
+
+class LedgerEntry(_Base):
+    account = me.ObjectIdField(required=True)
+    type = me.StringField(required=True, choices=ENTRY_TYPES)
+    amount = me.LongField(required=True, min_value=1)  # minor units, always positive; type gives direction
+    currency = me.StringField(required=True, min_length=3, max_length=3)
+    transaction = me.ObjectIdField(required=True)
+    balanceAfter = me.LongField(required=True)
+    seq = me.LongField(required=True, min_value=1)  # the account's entry number, 1, 2, 3, ...
+    createdAt = me.DateTimeField(required=True)
+
+    meta = {
+        "collection": "ledgers",
+        "queryset_class": _ImmutableQuerySet,
+        "indexes": [
+            {"fields": ["account", "seq"], "unique": True},
+            {"fields": ["transaction"]},
+        ],
+    }
+
+    def save(self, *args: Any, **kwargs: Any) -> Any:
+        if self.pk is not None and not self._created:
+            raise ImmutableLedgerError("ledger entries are immutable: save of an existing entry refused")
+        return super().save(*args, **kwargs)
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImmutableLedgerError("ledger entries are immutable: update refused")
+
+    def modify(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImmutableLedgerError("ledger entries are immutable: modify refused")
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImmutableLedgerError("ledger entries are immutable: delete refused")
+
+
+class TokenBlacklist(_Base):
+    tokenHash = me.StringField(required=True)  # SHA-256 of the JWT, never the token itself
+    userId = me.StringField()
+    expiresAt = me.DateTimeField(required=True)  # the token's own exp: the entry lives exactly as long
+    createdAt = me.DateTimeField(required=True)
+
+    meta = {
+        "collection": "tokenblacklists",
+        "indexes": [
+            {"fields": ["tokenHash"], "unique": True, "sparse": True},
+            {"fields": ["expiresAt"], "expireAfterSeconds": 0},
+        ],
+    }
+
+
+class Notification(_Base):
+    """The transactional outbox: written in the same transaction as what it announces."""
+
+    kind = me.StringField(required=True)
+    userId = me.ObjectIdField(required=True)  # the recipient; address and name are read at delivery
+    to = me.StringField()
+    recipientName = me.StringField()
+    context = me.DictField()
+    dedupeKey = me.StringField(required=True)  # one message per (event, recipient, kind)
+    status = me.StringField(required=True, choices=NOTIFICATION_STATUSES, default="PENDING")
+    attempts = me.IntField(default=0)
+    nextAttemptAt = me.DateTimeField(required=True)
+    claimedUntil = me.DateTimeField()
+    lastError = me.StringField()
+    sentAt = me.DateTimeField()
+    createdAt = me.DateTimeField(required=True)
+
+    meta = {
+        "collection": "notifications",
+        "indexes": [
+            {"fields": ["dedupeKey"], "unique": True},
+            {"fields": ["status", "nextAttemptAt"]},
+        ],
+    }
+
+
+ALL_MODELS: tuple[type[_Base], ...] = (User, Account, Transaction, LedgerEntry, TokenBlacklist, Notification)
+
+
+def to_document(model: type[_Base], **fields: Any) -> dict[str, Any]:
+    """Validate ``fields`` against ``model`` and return the BSON-ready dict to insert (with an ``_id``)."""
+    fields.setdefault("id", ObjectId())
+    instance = model(**fields)
+    instance.validate()
+    document = instance.to_mongo().to_dict()
+    return document

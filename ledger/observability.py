@@ -1,0 +1,94 @@
+"""Request IDs, structured logs, per-request metrics and the headers every response carries."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, has_request_context, request
+
+from ledger import metrics
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, carrying the request id when there is a request."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if has_request_context():
+            entry["requestId"] = getattr(g, "request_id", None)
+        for key in ("method", "route", "path", "status", "durationMs", "userId"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(app: Flask) -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_ledger_handler", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        handler._ledger_handler = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(app.config.get("LOG_LEVEL", "INFO"))
+    app.logger.handlers.clear()
+    app.logger.propagate = True
+
+
+access_log = logging.getLogger("ledger.access")
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        request_id = getattr(g, "request_id", None) or uuid.uuid4().hex
+        response.headers["X-Request-ID"] = request_id
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if request.path.startswith("/api"):
+            response.headers["Cache-Control"] = "no-store"
+        started = getattr(g, "started", None)
+        duration = time.perf_counter() - started if started is not None else 0.0
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        metrics.observe_request(request.method, route, response.status_code, duration)
+        access_log.info(
+            "%s %s %s", request.method, route, response.status_code,
+            extra={"method": request.method, "route": route, "path": request.path,
+                   "status": response.status_code, "durationMs": round(duration * 1000, 2),
+                   "userId": _user_id()},
+        )
+        return response
+
+
+def _user_id() -> str | None:
+    user = getattr(g, "_jwt_extended_jwt_user", None)
+    loaded = user.get("loaded_user") if isinstance(user, dict) else None
+    return str(loaded["_id"]) if loaded else None

@@ -1,0 +1,41 @@
+"""The ledger is the source of truth: recompute every stored balance from the entries and compare."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ledger import db
+
+
+@dataclass
+class AuditReport:
+    accounts: int = 0
+    entries: int = 0
+    total_balance_minor: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def verify() -> AuditReport:
+    """Check stored balance == credits - debits and seq == entry count for every account; sum of balances."""
+    database = db.get_db()
+    report = AuditReport()
+    sums: dict = {}
+    for entry in database.ledgers.find({}, {"account": 1, "type": 1, "amount": 1}):
+        report.entries += 1
+        signed = entry["amount"] if entry["type"] == "CREDIT" else -entry["amount"]
+        total, count = sums.get(entry["account"], (0, 0))
+        sums[entry["account"]] = (total + signed, count + 1)
+        if entry["amount"] <= 0:
+            report.problems.append(f"entry {entry['_id']} has a non-positive amount {entry['amount']}")
+    for account in database.accounts.find({}, {"balance": 1, "seq": 1}):
+        report.accounts += 1
+        balance = account.get("balance", 0)
+        report.total_balance_minor += balance
+        expected, count = sums.pop(account["_id"], (0, 0))
+        if balance != expected:
+            report.problems.append(f"account {account['_id']}: stored {balance}, ledger says {expected}")
+        if account.get("seq", 0) != count:
+            report.problems.append(f"account {account['_id']}: seq {account.get('seq', 0)}, entries {count}")
+    for orphan in sums:
+        report.problems.append(f"entries reference missing account {orphan}")
+    return report

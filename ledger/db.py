@@ -311,8 +311,47 @@ def _backoff_or_give_up(
 # ------------------------------------------------------------------------------------- app wiring
 
 
+class _SharedClient:
+    """The process client as mongoengine sees it: resolved on each use (fork-safe), never closed by it.
+
+    ``mongoengine.disconnect`` closes the client it holds, and closing mongomock-ng's client wipes every
+    database; the service's client belongs to :data:`_holder`, so ``close`` here does nothing.
+    """
+
+    def __init__(self, uri: str | None) -> None:
+        self._uri = uri
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_holder.get(self._uri), name)
+
+    def __getitem__(self, name: str) -> Any:
+        return _holder.get(self._uri)[name]
+
+    def close(self) -> None:
+        return None
+
+
+def bind_models(app: Flask) -> None:
+    """Bind the mongoengine documents (``Model.objects``) to this app's client and database.
+
+    The service reads and writes through pymongo with sessions; this binding exists so the schema classes
+    can also be queried (scripts, the immutability guarantees of ``LedgerEntry``). mongoengine's default
+    connection is process-wide, so the app bound last wins; binding is lazy and opens no connection.
+    """
+    import mongoengine
+
+    uri = app.config.get("MONGO_URI")
+    mongoengine.disconnect()  # forget a previous binding (and the collections documents cached from it)
+    mongoengine.register_connection(
+        mongoengine.DEFAULT_CONNECTION_NAME,
+        db=database_name(app),
+        mongo_client_class=lambda **_settings: _SharedClient(uri),
+    )
+
+
 def init_app(app: Flask) -> None:
     """Check the engine, create the indexes and announce where the data lives."""
+    bind_models(app)
     if is_embedded(app):
         log.warning(
             "MONGO_URI is not set: using the EMBEDDED in-memory engine. Data lives in this process only and "

@@ -6,13 +6,15 @@ set named by ``LEDGER_TEST_MONGO_URI``; the database is dropped afterwards.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, Response, request_finished
 from flask.testing import FlaskClient
 
 from ledger import create_app, db
@@ -151,3 +153,70 @@ class Api:
 @pytest.fixture
 def api(client: FlaskClient) -> Api:
     return Api(client)
+
+
+# ------------------------------------------------------------------------------------- leak guard
+
+BCRYPT_HASH = re.compile(r"\$2[aby]\$\d{2}\$")
+# Documents that describe the schema (a "password" property) rather than carry data.
+SCHEMA_PATHS = frozenset({"/api/openapi.json"})
+
+
+def response_leaks(path: str, response: Response) -> list[str]:
+    """What a response must never carry: a bcrypt hash anywhere, or a ``password`` key in its JSON.
+
+    The error envelope's ``errors`` object is keyed by field name (``{"password": "too short"}``), so a
+    ``password`` key directly inside it names the field rather than leaking one; hashes are still looked for.
+    """
+    if response.is_streamed or response.direct_passthrough:
+        return []
+    text = response.get_data(as_text=True)
+    found = [f"{path}: bcrypt hash in body" for _ in BCRYPT_HASH.finditer(text)][:1]
+    found += [f"{path}: bcrypt hash in header {name}" for name, value in response.headers.items()
+              if BCRYPT_HASH.search(value)]
+    if path in SCHEMA_PATHS or not response.is_json:
+        return found
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return found
+    stack: list[tuple[Any, bool]] = [(body, False)]
+    while stack:
+        value, is_error_map = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if isinstance(key, str) and "password" in key.lower() and not is_error_map:
+                    found.append(f"{path}: JSON key {key!r}")
+                stack.append((child, value is body and key == "errors"))
+        elif isinstance(value, list):
+            stack.extend((child, False) for child in value)
+    return found
+
+
+class LeakGuard:
+    """Receives ``request_finished`` from every Flask app in the process and records leaking responses."""
+
+    def __init__(self) -> None:
+        self.findings: list[str] = []
+
+    def __call__(self, sender: Flask, response: Response, **_extra: Any) -> None:
+        from flask import request
+
+        self.findings.extend(response_leaks(request.path, response))
+
+    def check(self) -> None:
+        if self.findings:
+            pytest.fail("a response leaked a password or a password hash: " + "; ".join(self.findings),
+                        pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def leak_guard() -> Iterator[LeakGuard]:
+    """Fail any test in which any response of any app contained a bcrypt hash or a ``password`` key."""
+    guard = LeakGuard()
+    request_finished.connect(guard)  # no sender: every app, including ones a test builds itself
+    try:
+        yield guard
+    finally:
+        request_finished.disconnect(guard)
+    guard.check()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from flask import Flask
+from flask.cli import with_appcontext
 
 from ledger import validation
 from ledger.errors import ValidationFailed
@@ -15,6 +16,7 @@ def init_app(app: Flask) -> None:
 
 
 @click.command("create-system-user")
+@with_appcontext
 @click.option("--email", envvar="SYSTEM_USER_EMAIL", required=True, help="Defaults to SYSTEM_USER_EMAIL.")
 @click.option("--name", envvar="SYSTEM_USER_NAME", required=True, help="Defaults to SYSTEM_USER_NAME.")
 @click.option("--password", envvar="SYSTEM_USER_PASSWORD", required=True, prompt=True, hide_input=True,
@@ -35,6 +37,7 @@ def create_system_user(email: str, name: str, password: str, currency: str) -> N
 
 
 @click.command("verify-ledger")
+@with_appcontext
 def verify_ledger() -> None:
     """Recompute every balance from the ledger entries; exit 1 on any mismatch."""
     from ledger.services.audit import verify

@@ -1,0 +1,95 @@
+"""Give an account a long history fast, by writing ledger entries straight into the database.
+
+Ten thousand transfers over HTTP would take minutes; ``seed_history`` writes the same documents a run of
+transfers would leave — transaction records and both ledger entries of each, with consecutive sequence numbers
+and running ``balanceAfter`` — with a few ``insert_many`` calls, then sets each account's ``balance`` and
+``seq`` to match, so ``verify-ledger`` still finds every balance equal to its entries.
+
+The embedded engine checks a unique index by scanning every stored document on each insert (quadratic for a
+bulk load; MongoDB uses the index). On it, the unique indexes of the two collections are dropped for the load
+and created again afterwards, which checks uniqueness once, in one pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from bson import ObjectId
+from flask import Flask
+from pymongo import IndexModel
+
+from ledger import db
+from ledger.models import utcnow
+
+SEEDED = ("transactions", "ledgers")
+
+
+def seed_history(app: Flask, first_id: str, second_id: str, entries: int, amount_minor: int = 1) -> None:
+    """Write ``entries`` completed transfers alternating between two accounts of one owner.
+
+    Transfer ``i`` goes first → second when ``i`` is even and back when it is odd, so each account gains
+    ``entries`` ledger entries and, for an even count, ends with the balance it started with. The first account
+    must hold at least ``amount_minor``.
+    """
+    if entries <= 0:
+        return
+    database = db.get_db(app)
+    accounts = {a["_id"]: a for a in database.accounts.find({"_id": {"$in": [ObjectId(first_id),
+                                                                                 ObjectId(second_id)]}})}
+    first, second = accounts[ObjectId(first_id)], accounts[ObjectId(second_id)]
+    if first["user"] != second["user"] or first["currency"] != second["currency"]:
+        raise ValueError("seed_history needs two accounts of one owner in one currency")
+    state = {a["_id"]: {"balance": a["balance"], "seq": a.get("seq", 0)} for a in (first, second)}
+    currency, owner = first["currency"], first["user"]
+    batch = uuid.uuid4().hex[:8]
+    now = utcnow()
+    transactions: list[dict[str, Any]] = []
+    ledgers: list[dict[str, Any]] = []
+    for i in range(entries):
+        source, target = (first, second) if i % 2 == 0 else (second, first)
+        txn_id = ObjectId()
+        transactions.append({
+            "_id": txn_id, "kind": "TRANSFER", "fromAccount": source["_id"], "toAccount": target["_id"],
+            "amount": amount_minor, "currency": currency, "status": "COMPLETED",
+            "idempotencyKey": f"seed-{batch}-{i}", "initiator": owner, "fingerprint": f"seed-{batch}-{i}",
+            "failure": {}, "createdAt": now, "updatedAt": now,
+        })
+        for account, entry_type, delta in ((source, "DEBIT", -amount_minor), (target, "CREDIT", amount_minor)):
+            account_state = state[account["_id"]]
+            account_state["balance"] += delta
+            account_state["seq"] += 1
+            if account_state["balance"] < 0:
+                raise ValueError("seed_history would overdraw an account: fund the first one")
+            ledgers.append({
+                "_id": ObjectId(), "account": account["_id"], "type": entry_type, "amount": amount_minor,
+                "currency": currency, "transaction": txn_id, "balanceAfter": account_state["balance"],
+                "seq": account_state["seq"], "createdAt": now,
+            })
+    with _unique_indexes_suspended(app):
+        database.transactions.insert_many(transactions, ordered=False)
+        database.ledgers.insert_many(ledgers, ordered=False)
+    for account_id, account_state in state.items():
+        database.accounts.update_one({"_id": account_id}, {"$set": account_state})
+
+
+@contextlib.contextmanager
+def _unique_indexes_suspended(app: Flask) -> Iterator[None]:
+    """On the embedded engine, drop the seeded collections' unique indexes and recreate them on exit."""
+    if not db.is_embedded(app):
+        yield
+        return
+    database = db.get_db(app)
+    dropped: dict[str, list[IndexModel]] = {}
+    for name, models in db.declared_indexes().items():
+        if name in SEEDED:
+            dropped[name] = [model for model in models if model.document.get("unique")]
+            for model in dropped[name]:
+                database[name].drop_index(model.document["name"])
+    try:
+        yield
+    finally:
+        for name, models in dropped.items():
+            database[name].create_indexes(models)

@@ -82,6 +82,10 @@ class Config:
         self.OUTBOX_SENDER_ENABLED = _env_bool("OUTBOX_SENDER_ENABLED", True)
         self.OUTBOX_POLL_SECONDS = float(env("OUTBOX_POLL_SECONDS") or 2)
         self.OUTBOX_MAX_ATTEMPTS = _env_int("OUTBOX_MAX_ATTEMPTS", 8)
+        self.OUTBOX_BACKOFF_SECONDS = float(env("OUTBOX_BACKOFF_SECONDS") or 30)  # doubles per attempt
+        self.OUTBOX_BACKOFF_MAX_SECONDS = float(env("OUTBOX_BACKOFF_MAX_SECONDS") or 3600)
+        self.OUTBOX_LEASE_SECONDS = float(env("OUTBOX_LEASE_SECONDS") or 120)  # > MAIL_TIMEOUT_SECONDS
+        self.MAIL_TIMEOUT_SECONDS = float(env("MAIL_TIMEOUT_SECONDS") or 10)
 
         self.LOG_LEVEL = env("LOG_LEVEL") or "INFO"
 

@@ -36,13 +36,18 @@ def welcome(user: dict[str, Any]) -> dict[str, Any]:
 
 def transfer_messages(txn: dict[str, Any], sender: dict[str, Any], receiver_user_id: Any,
                       debit_balance_after: int, credit_balance_after: int) -> list[dict[str, Any]]:
-    """A receipt for the sender and a credit notice for the receiving account's owner."""
+    """A receipt for the sender and a credit notice for the receiving account's owner.
+
+    The credit notice names the sender (already in hand), so the transfer needs no extra read; the receiver's
+    own address and name are looked up at delivery.
+    """
     common = _transfer_context(txn)
     receipt = _message(TRANSFER_RECEIPT, sender["_id"], f"{TRANSFER_RECEIPT}:{txn['_id']}",
                        {**common, "balanceAfter": format_money(debit_balance_after, txn["currency"])},
                        to=sender.get("email"), name=sender.get("name"))
     notice = _message(CREDIT_NOTICE, receiver_user_id, f"{CREDIT_NOTICE}:{txn['_id']}",
-                      {**common, "balanceAfter": format_money(credit_balance_after, txn["currency"])})
+                      {**common, "balanceAfter": format_money(credit_balance_after, txn["currency"]),
+                       "fromName": sender.get("name")})
     return [receipt, notice]
 
 

@@ -16,6 +16,7 @@ def create_app(test_config: dict[str, Any] | None = None, config_name: str | Non
     from config import load_config
 
     app = Flask(__name__)
+    app.url_map.strict_slashes = False  # as Express routes: /api/accounts/ is /api/accounts
     app.config.from_object(load_config(config_name or ("testing" if test_config is not None else None)))
     if test_config:
         app.config.update(test_config)

@@ -21,6 +21,8 @@ from ledger.errors import TokenBlacklisted, TokenInvalid, TokenMissing, error_re
 jwt = JWTManager()
 
 _OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
+# An authentication scheme is case-insensitive (RFC 9110 11.1); flask-jwt-extended compares "Bearer" exactly.
+_BEARER_SCHEME = re.compile(r"(^|,)(\s*)bearer(?=\s)", re.IGNORECASE)
 
 # A fixed hash to compare against when the email is unknown, so login takes the same time either way.
 _DUMMY_HASH_CACHE: dict[int, bytes] = {}
@@ -123,6 +125,13 @@ def init_app(app: Flask) -> None:
     """Bind flask-jwt-extended and route all of its failures to the Node service's 401 messages."""
     app.config["JWT_COOKIE_SECURE"] = bool(app.config["COOKIE_SECURE"])
     jwt.init_app(app)
+
+    @app.before_request
+    def _normalize_bearer_scheme() -> None:
+        # Node clients that send "bearer <jwt>" were accepted there; spell the scheme the way the parser expects.
+        header = request.environ.get("HTTP_AUTHORIZATION")
+        if header:
+            request.environ["HTTP_AUTHORIZATION"] = _BEARER_SCHEME.sub(r"\1\2Bearer", header)
 
     def missing(_reason: str) -> Any:
         return error_response(TokenMissing.status_code, TokenMissing.message)

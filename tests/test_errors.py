@@ -253,3 +253,21 @@ def test_an_unreachable_database_during_login_is_503_not_401(api, monkeypatch):
     monkeypatch.setattr(auth_service, "authenticate", unreachable)
     response = api.request("POST", "/api/auth/login", json={"email": unique_email(), "password": "password-1"})
     assert_envelope(response, 503)
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/api/accounts/", 200), ("POST", "/api/accounts/", 201), ("POST", "/api/accounts/create/", 201),
+    ("GET", "/health/", 200),
+])
+def test_a_trailing_slash_reaches_the_same_route_as_in_express(api, method, path, status):
+    _, token = api.user()
+    response = api.request(method, path, token)
+    assert response.status_code == status, response.get_data(as_text=True)
+
+
+def test_a_trailing_slash_on_login_logs_in_without_a_redirect(api):
+    email = unique_email()
+    api.register(email=email)
+    response = api.request("POST", "/api/auth/login/", json={"email": email, "password": "password-123"})
+    assert response.status_code == 200
+    assert response.get_json()["token"]

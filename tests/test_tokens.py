@@ -318,3 +318,18 @@ def test_a_valid_header_is_not_refused_because_the_cookie_was_revoked(client, ap
     client._cookies.clear()
     client.set_cookie("token", revoked)
     assert client.get(PROTECTED, headers={"Authorization": f"Bearer {valid}"}).status_code == 200
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr"])
+def test_the_bearer_scheme_is_case_insensitive(api, scheme):
+    _, token = api.user()
+    response = api.request("GET", PROTECTED, headers={"Authorization": f"{scheme} {token}"})
+    assert response.status_code == 200, response.get_json()
+    assert api.request("POST", "/api/auth/logout", headers={"Authorization": f"{scheme} {token}"}).status_code == 200
+    assert_401(api.request("GET", PROTECTED, token), BLACKLISTED)
+
+
+def test_a_lower_case_bearer_scheme_with_a_forged_token_is_still_invalid(app, api):
+    user_id, _ = api.user()
+    forged = node_token(app, user_id, secret="another-secret-entirely-0123456789abcdef")
+    assert_401(api.request("GET", PROTECTED, headers={"Authorization": f"bearer {forged}"}), INVALID)

@@ -89,6 +89,19 @@ class Config:
 
         self.LOG_LEVEL = env("LOG_LEVEL") or "INFO"
 
+        # Rate limits (flask-limiter reads the RATELIMIT_* keys itself). Memory storage is per process; set
+        # RATELIMIT_STORAGE_URI=redis://... or mongodb://... to share the counters between workers and machines.
+        self.RATELIMIT_ENABLED = _env_bool("RATELIMIT_ENABLED", True)
+        self.RATELIMIT_STORAGE_URI = env("RATELIMIT_STORAGE_URI") or "memory://"
+        self.RATELIMIT_STRATEGY = env("RATELIMIT_STRATEGY") or "moving-window"
+        self.RATELIMIT_HEADERS_ENABLED = True
+        self.RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True  # a dead shared storage degrades to per-process limits
+        self.RATELIMIT_LOGIN = env("RATELIMIT_LOGIN") or "10 per minute;50 per hour"
+        self.RATELIMIT_REGISTER = env("RATELIMIT_REGISTER") or "5 per minute;20 per hour"
+        self.RATELIMIT_TRANSFER = env("RATELIMIT_TRANSFER") or "120 per minute"
+        # CORS is off unless an allow-list of origins is given (comma-separated, exact origins).
+        self.CORS_ORIGINS = [o.strip() for o in (env("CORS_ORIGINS") or "").split(",") if o.strip()]
+
     def validate(self) -> None:
         """Fill in development defaults; production overrides this to make missing secrets fatal."""
         if not self.JWT_SECRET_KEY:
@@ -115,6 +128,8 @@ class TestingConfig(Config):
         self.SYSTEM_USER_EMAIL = self.SYSTEM_USER_PASSWORD = self.SYSTEM_USER_NAME = None
         self.MAIL_SERVER = None
         self.OUTBOX_SENDER_ENABLED = False
+        self.RATELIMIT_ENABLED = False  # tests that check limits build their app with RATELIMIT_ENABLED=True
+        self.RATELIMIT_STORAGE_URI = "memory://"
 
 
 class ProductionConfig(Config):

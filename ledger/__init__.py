@@ -15,7 +15,7 @@ def create_app(test_config: dict[str, Any] | None = None, config_name: str | Non
     """
     from config import load_config
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # an API: no static files, so no undocumented /static route
     app.url_map.strict_slashes = False  # as Express routes: /api/accounts/ is /api/accounts
     app.config.from_object(load_config(config_name or ("testing" if test_config is not None else None)))
     if test_config:
@@ -38,13 +38,14 @@ def configure_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from ledger import mailer, security
+    from ledger import mailer, ratelimit, security
     from ledger.jsonio import LedgerJSONProvider
 
     app.json_provider_class = LedgerJSONProvider
     app.json = LedgerJSONProvider(app)
     security.init_app(app)
     mailer.init_app(app)
+    ratelimit.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify
+from flask_limiter.errors import RateLimitExceeded
 from pymongo.errors import ConnectionFailure, PyMongoError
 from werkzeug.exceptions import HTTPException
 
@@ -204,8 +205,8 @@ def register_error_handlers(app: Flask) -> None:
         retry_after = getattr(exc, "retry_after", None)
         if retry_after:
             headers["Retry-After"] = str(retry_after)
-        if status == 429 and getattr(exc, "description", None) and "Retry-After" not in headers:
-            headers["Retry-After"] = "60"
+        if status == 429 and not isinstance(exc, RateLimitExceeded) and "Retry-After" not in headers:
+            headers["Retry-After"] = "60"  # flask-limiter's own 429s get the exact value in its after-request hook
         return error_response(status, message, headers=headers)
 
     @app.errorhandler(ConnectionFailure)

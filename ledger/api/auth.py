@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from ledger import validation
+from ledger import ratelimit, validation
 from ledger.errors import NoTokenToRevoke, ValidationFailed
 from ledger.jsonio import json_body
 from ledger.security import clear_token_cookie, presented_tokens, set_token_cookie
@@ -21,6 +21,8 @@ def _session_response(user: dict, token: str, status: int):
 
 
 @bp.post("/register")
+@ratelimit.register_per_address
+@ratelimit.register_per_email
 def register():
     body = json_body()
     for field in ("email", "password", "name"):
@@ -34,6 +36,8 @@ def register():
 
 
 @bp.post("/login")
+@ratelimit.login_per_address
+@ratelimit.login_per_email
 def login():
     body = json_body()
     for field in ("email", "password"):

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask_jwt_extended import current_user, jwt_required
 
-from ledger import validation
+from ledger import ratelimit, validation
 from ledger.api.serializers import transaction_json
 from ledger.errors import NotSystemUser, ValidationFailed
 from ledger.jsonio import json_body
@@ -47,6 +47,7 @@ def _respond(result: TransferResult, message: str, status: int):
 
 @bp.post("")
 @jwt_required()
+@ratelimit.transfer_per_user  # inside jwt_required: keyed on the verified user
 def create_transaction():
     body = _with_header_key(json_body())
     validation.require_fields(body, TRANSFER_FIELDS)

@@ -1,0 +1,465 @@
+"""``GET /api/openapi.json``: the OpenAPI 3.0 document of every route, built with apispec from the app itself.
+
+Paths and methods come from ``app.url_map`` (so a route cannot exist without the generator noticing); what
+each operation takes and answers is declared here, per endpoint, in :data:`OPERATIONS`. A route missing from
+that table is left out of the document and reported by :func:`undocumented_routes` (a test keeps it empty).
+The shapes (schemas, security schemes, shared responses and headers) are registered as apispec components
+and referenced by name, so a client generator gets named models.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from apispec import APISpec
+from flask import Blueprint, Flask, current_app, jsonify
+from werkzeug.routing import Rule
+
+from ledger import money, validation
+
+bp = Blueprint("openapi", __name__)
+
+OPENAPI_VERSION = "3.0.3"
+_IGNORED_METHODS = {"HEAD", "OPTIONS"}  # answered by Flask itself for every route
+_CONVERTER = re.compile(r"<(?:[a-zA-Z_][a-zA-Z0-9_]*(?:\([^)]*\))?:)?([a-zA-Z_][a-zA-Z0-9_]*)>")
+
+OBJECT_ID_PATTERN = "^[0-9a-fA-F]{24}$"
+NO_CONTROL_CHARACTERS = "^[^\\u0000-\\u001F\\u007F]*$"
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _schema(name: str) -> dict[str, str]:
+    return _ref("schemas", name)
+
+
+# ----------------------------------------------------------------------------------------- components
+
+MONEY_AMOUNT = {
+    "type": "number",
+    "minimum": 0,
+    "exclusiveMinimum": True,
+    "maximum": int(money.MAX_AMOUNT_MAJOR),
+    "description": "A JSON number in major units (10.5 = ten rupees fifty). At most as many decimals as the "
+                   "currency's ISO-4217 exponent (2 for INR/USD/EUR/GBP, 0 for JPY/KRW). Strings, booleans, "
+                   "NaN/Infinity, zero and negatives are refused with 400.",
+    "example": 1000,
+}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": {
+        "type": "object",
+        "description": "The one envelope of every error.",
+        "required": ["message", "status"],
+        "properties": {
+            "message": {"type": "string", "example": "Account not found"},
+            "status": {"type": "string", "enum": ["failed"]},
+            "errors": {"type": "object", "additionalProperties": {"type": "string"},
+                       "description": "Per-field reasons, when a field is at fault."},
+        },
+        "additionalProperties": False,
+    },
+    "ObjectId": {"type": "string", "pattern": OBJECT_ID_PATTERN, "example": "65f1c0ffee0123456789abcd"},
+    "Timestamp": {"type": "string", "format": "date-time", "example": "2026-03-01T10:00:00.000Z"},
+    "Currency": {"type": "string", "enum": sorted(money.CURRENCY_EXPONENTS), "example": "INR",
+                 "description": "ISO-4217 code (case-insensitive on input)."},
+    "Money": MONEY_AMOUNT,
+    "Balance": {"type": "number", "description": "Major units; only the system account may be negative.",
+                "example": 1000.5},
+    "IdempotencyKey": {"type": "string", "minLength": 1, "maxLength": validation.IDEMPOTENCY_KEY_MAX_LENGTH,
+                       "pattern": NO_CONTROL_CHARACTERS,
+                       "description": "Scoped to the calling user; never expires. May be sent in the "
+                                      "Idempotency-Key header instead.",
+                       "example": "order-2026-0001"},
+    "User": {
+        "type": "object",
+        "required": ["_id", "email", "name"],
+        "properties": {"_id": _schema("ObjectId"), "email": {"type": "string", "format": "email"},
+                       "name": {"type": "string"}},
+        "additionalProperties": False,
+    },
+    "Session": {
+        "type": "object",
+        "required": ["user", "token"],
+        "properties": {"user": _schema("User"), "token": {"type": "string", "description": "HS256 JWT"}},
+        "additionalProperties": False,
+    },
+    "RegisterRequest": {
+        "type": "object",
+        "required": ["email", "password", "name"],
+        "properties": {
+            "email": {"type": "string", "format": "email", "maxLength": 254,
+                      "description": "Trimmed and lower-cased."},
+            "password": {"type": "string", "minLength": validation.PASSWORD_MIN_BYTES,
+                         "maxLength": validation.PASSWORD_MAX_BYTES,
+                         "description": "6 to 72 bytes of UTF-8."},
+            "name": {"type": "string", "minLength": 1, "maxLength": validation.NAME_MAX_LENGTH},
+        },
+        "description": "Other fields (systemUser, _id, ...) are ignored.",
+    },
+    "LoginRequest": {
+        "type": "object",
+        "required": ["email", "password"],
+        "properties": {"email": {"type": "string"}, "password": {"type": "string"}},
+    },
+    "Message": {
+        "type": "object",
+        "required": ["message"],
+        "properties": {"message": {"type": "string"}},
+        "additionalProperties": False,
+    },
+    "Account": {
+        "type": "object",
+        "required": ["_id", "user", "status", "currency", "balance", "createdAt", "updatedAt"],
+        "properties": {
+            "_id": _schema("ObjectId"),
+            "user": _schema("ObjectId"),
+            "status": {"type": "string", "enum": ["ACTIVE", "FROZEN", "CLOSED"]},
+            "currency": _schema("Currency"),
+            "balance": _schema("Balance"),
+            "createdAt": _schema("Timestamp"),
+            "updatedAt": _schema("Timestamp"),
+        },
+        "additionalProperties": False,
+    },
+    "AccountRequest": {
+        "type": "object",
+        "properties": {"currency": {"type": "string", "nullable": True,
+                                    "enum": [*sorted(money.CURRENCY_EXPONENTS), None],
+                                    "description": "ISO-4217 code, case-insensitive; absent or null: INR."}},
+        "description": "Optional; currency defaults to INR. Client-sent balance, status, user and _id are "
+                       "ignored.",
+    },
+    "AccountResponse": {
+        "type": "object", "required": ["account"], "properties": {"account": _schema("Account")},
+        "additionalProperties": False,
+    },
+    "AccountList": {
+        "type": "object", "required": ["accounts"],
+        "properties": {"accounts": {"type": "array", "items": _schema("Account")}},
+        "additionalProperties": False,
+    },
+    "BalanceResponse": {
+        "type": "object", "required": ["accountId", "balance"],
+        "properties": {"accountId": _schema("ObjectId"), "balance": _schema("Balance")},
+        "additionalProperties": False,
+    },
+    "Transaction": {
+        "type": "object",
+        "required": ["_id", "fromAccount", "toAccount", "amount", "status", "idempotencyKey", "createdAt",
+                     "updatedAt"],
+        "properties": {
+            "_id": _schema("ObjectId"),
+            "fromAccount": _schema("ObjectId"),
+            "toAccount": _schema("ObjectId"),
+            "amount": _schema("Money"),
+            "currency": _schema("Currency"),
+            "status": {"type": "string", "enum": ["PENDING", "COMPLETED", "FAILED", "REVERSED"]},
+            "idempotencyKey": _schema("IdempotencyKey"),
+            "createdAt": _schema("Timestamp"),
+            "updatedAt": _schema("Timestamp"),
+        },
+        "additionalProperties": False,
+    },
+    "TransactionResponse": {
+        "type": "object", "required": ["message", "transaction"],
+        "properties": {"message": {"type": "string"}, "transaction": _schema("Transaction")},
+        "additionalProperties": False,
+    },
+    "TransferRequest": {
+        "type": "object",
+        "required": ["fromAccount", "toAccount", "amount", "idempotencyKey"],
+        "properties": {"fromAccount": _schema("ObjectId"), "toAccount": _schema("ObjectId"),
+                       "amount": _schema("Money"), "idempotencyKey": _schema("IdempotencyKey")},
+    },
+    "FundingRequest": {
+        "type": "object",
+        "required": ["toAccount", "amount", "idempotencyKey"],
+        "properties": {"toAccount": _schema("ObjectId"), "amount": _schema("Money"),
+                       "idempotencyKey": _schema("IdempotencyKey")},
+    },
+    "Health": {
+        "type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ok"]}},
+    },
+    "Readiness": {
+        "type": "object",
+        "required": ["status", "engine"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ready", "unavailable"]},
+            "engine": {"type": "string", "enum": ["embedded", "mongodb"]},
+            "replicaSet": {"type": "string"},
+            "error": {"type": "string"},
+            "missingIndexes": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+}
+
+HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {"description": "The client's X-Request-ID when it is safe (1-128 of [A-Za-z0-9._:-]), "
+                                    "else a generated one. Present on every response.",
+                     "required": True, "schema": {"type": "string"}},
+    "Idempotent-Replayed": {"description": "`true` when this answer replays an earlier request with the same "
+                                           "idempotency key.", "schema": {"type": "string", "enum": ["true"]}},
+    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}},
+    "X-RateLimit-Limit": {"description": "Requests allowed in the current window.", "schema": {"type": "integer"}},
+    "X-RateLimit-Remaining": {"description": "Requests left in the current window.",
+                              "schema": {"type": "integer"}},
+    "X-RateLimit-Reset": {"description": "Unix time at which the window resets.", "schema": {"type": "integer"}},
+    "Set-Cookie": {"description": "`token=<jwt>; HttpOnly; SameSite=Lax; Path=/; Max-Age=604800` (plus `Secure` "
+                                  "when COOKIE_SECURE or production).", "schema": {"type": "string"}},
+}
+
+_REQUEST_ID = {"X-Request-ID": _ref("headers", "X-Request-ID")}
+_RATE_LIMIT_HEADERS = {name: _ref("headers", name)
+                       for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")}
+
+
+def _error(description: str, **headers: dict[str, str]) -> dict[str, Any]:
+    return {"description": description, "headers": {**_REQUEST_ID, **headers},
+            "content": {"application/json": {"schema": _schema("Error")}}}
+
+
+RESPONSES: dict[str, dict[str, Any]] = {
+    "BadRequest": _error("Invalid input: malformed or non-object JSON, nesting deeper than 32, a missing or "
+                         "wrongly typed field, or a business rule (see the message)."),
+    "Unauthorized": _error("No token (`Unauthorized, token is missing`), a revoked one (`... is blacklisted`) "
+                           "or a bad, expired or alg=none one (`... is invalid`)."),
+    "Forbidden": _error("`Forbidden, user is not a system user`."),
+    "NotFound": _error("`Account not found`: absent or not owned by the caller (no existence oracle)."),
+    "MethodNotAllowed": _error("The path exists but not with this method; `Allow` lists the methods."),
+    "Conflict": _error("`Transaction is still pending`: the same key is being processed; retry shortly.",
+                       **{"Retry-After": _ref("headers", "Retry-After")}),
+    "PayloadTooLarge": _error("Request body over 100 KB."),
+    "UnsupportedMediaType": _error("A body whose Content-Type is not application/json."),
+    "Unprocessable": _error("Email already registered, or an idempotency key reused with a different request."),
+    "TooManyRequests": _error("Rate limit reached.", **{"Retry-After": _ref("headers", "Retry-After")},
+                              **_RATE_LIMIT_HEADERS),
+    "ServiceUnavailable": _error("The database is unreachable or a transaction kept conflicting; retry.",
+                                 **{"Retry-After": _ref("headers", "Retry-After")}),
+}
+
+SECURITY_SCHEMES = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                   "description": "`Authorization: Bearer <jwt>` (checked before the cookie)."},
+    "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "token",
+                   "description": "The `token` cookie set by register and login."},
+}
+AUTHENTICATED = [{"bearerAuth": []}, {"cookieAuth": []}]
+PUBLIC: list[dict[str, list[str]]] = []
+
+IDEMPOTENCY_KEY_HEADER = {
+    "name": "Idempotency-Key", "in": "header", "required": False, "schema": _schema("IdempotencyKey"),
+    "description": "Alternative to the body's idempotencyKey; both present and different is a 400.",
+}
+
+
+# ----------------------------------------------------------------------------------------- operations
+
+
+def _ok(description: str, schema: str | None = None, *, media: str = "application/json",
+        **headers: dict[str, str]) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "headers": {**_REQUEST_ID, **headers}}
+    if media == "application/json":
+        response["content"] = {media: {"schema": _schema(schema) if schema else {"type": "object"}}}
+    else:
+        response["content"] = {media: {"schema": {"type": "string"}}}
+    return response
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    names = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
+             413: "PayloadTooLarge", 415: "UnsupportedMediaType", 422: "Unprocessable", 429: "TooManyRequests",
+             503: "ServiceUnavailable"}
+    return {str(code): _ref("responses", names[code]) for code in codes}
+
+
+def _json_body(schema: str, *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": _schema(schema)}}}
+
+
+_SESSION_HEADERS = {"Set-Cookie": _ref("headers", "Set-Cookie"), **_RATE_LIMIT_HEADERS}
+_TRANSFER_HEADERS = {"Idempotent-Replayed": _ref("headers", "Idempotent-Replayed")}
+
+#: endpoint -> method -> operation. Paths and path parameters are added from the URL map.
+OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "ops.welcome": {"get": {
+        "tags": ["operations"], "operationId": "welcome", "summary": "Welcome text", "security": PUBLIC,
+        "responses": {"200": _ok("`Welcome to the banking app`", media="text/plain")},
+    }},
+    "ops.live": {"get": {
+        "tags": ["operations"], "operationId": "health", "summary": "Liveness", "security": PUBLIC,
+        "responses": {"200": _ok("The process runs.", "Health")},
+    }},
+    "ops.ready": {"get": {
+        "tags": ["operations"], "operationId": "ready", "summary": "Readiness", "security": PUBLIC,
+        "description": "Ready when the database answers, is a replica set with a primary (or the embedded "
+                       "engine) and the indexes exist.",
+        "responses": {"200": _ok("Ready.", "Readiness"), "503": _ok("Not ready; `error` says why.", "Readiness")},
+    }},
+    "ops.prometheus": {"get": {
+        "tags": ["operations"], "operationId": "metrics", "summary": "Prometheus metrics", "security": PUBLIC,
+        "responses": {"200": _ok("Prometheus text exposition format 0.0.4.", media="text/plain")},
+    }},
+    "openapi.document": {"get": {
+        "tags": ["operations"], "operationId": "openapi", "summary": "This OpenAPI document", "security": PUBLIC,
+        "responses": {"200": _ok("OpenAPI 3.0 document.")},
+    }},
+    "auth.register": {"post": {
+        "tags": ["auth"], "operationId": "register", "summary": "Create a user and log in", "security": PUBLIC,
+        "description": "Rate-limited per client address and per email (RATELIMIT_REGISTER).",
+        "requestBody": _json_body("RegisterRequest"),
+        "responses": {"201": _ok("Registered; the token is also set as the `token` cookie.", "Session",
+                                 **_SESSION_HEADERS),
+                      **_errors(400, 413, 415, 422, 429, 503)},
+    }},
+    "auth.login": {"post": {
+        "tags": ["auth"], "operationId": "login", "summary": "Log in", "security": PUBLIC,
+        "description": "Email is trimmed and lower-cased. Unknown email and wrong password get the same 401 "
+                       "and take the same time. Rate-limited per client address and per email "
+                       "(RATELIMIT_LOGIN).",
+        "requestBody": _json_body("LoginRequest"),
+        "responses": {"200": _ok("Logged in; the token is also set as the `token` cookie.", "Session",
+                                 **_SESSION_HEADERS),
+                      **_errors(400, 401, 413, 415, 429, 503)},
+    }},
+    "auth.logout": {"post": {
+        "tags": ["auth"], "operationId": "logout", "summary": "Revoke the presented token(s)",
+        "description": "Idempotent. An invalid or expired token is a 200 with nothing to revoke. Revocation "
+                       "lasts until the token's own expiry.",
+        "security": [*AUTHENTICATED, {}],
+        "responses": {"200": _ok("Logged out; the cookie is cleared (`Max-Age=0`).", "Message",
+                                 **{"Set-Cookie": _ref("headers", "Set-Cookie")}),
+                      "400": _error("`No token found`."), **_errors(503)},
+    }},
+    "accounts.create_account": {"post": {
+        "tags": ["accounts"], "operationId": "createAccount", "summary": "Open an account (balance 0, ACTIVE)",
+        "requestBody": _json_body("AccountRequest", required=False),
+        "responses": {"201": _ok("Opened.", "AccountResponse"), **_errors(400, 401, 413, 415, 503)},
+    }},
+    "accounts.list_accounts": {"get": {
+        "tags": ["accounts"], "operationId": "listAccounts", "summary": "The caller's accounts",
+        "responses": {"200": _ok("The caller's accounts.", "AccountList"), **_errors(401, 503)},
+    }},
+    "accounts.list_accounts_of_user": {"get": {
+        "tags": ["accounts"], "operationId": "listAccountsOfUser", "summary": "A user's accounts (the caller only)",
+        "responses": {"200": _ok("The caller's accounts.", "AccountList"),
+                      "404": _error("Any id but the caller's own (never another user's data)."),
+                      **_errors(401, 503)},
+    }},
+    "accounts.get_balance": {"get": {
+        "tags": ["accounts"], "operationId": "getBalance", "summary": "An account's balance",
+        "responses": {"200": _ok("The balance.", "BalanceResponse"), **_errors(401, 404, 503)},
+    }},
+    "accounts.get_account": {"get": {
+        "tags": ["accounts"], "operationId": "getAccount", "summary": "One of the caller's accounts",
+        "responses": {"200": _ok("The account.", "AccountResponse"), **_errors(401, 404, 503)},
+    }},
+    "transactions.create_transaction": {"post": {
+        "tags": ["transactions"], "operationId": "createTransaction", "summary": "Transfer between accounts",
+        "description": "Exactly once per (caller, idempotencyKey). A replay answers with the first attempt's "
+                       "status and body plus `Idempotent-Replayed: true`; business rejections (insufficient "
+                       "funds, inactive account, currency mismatch) are recorded and replayed too. "
+                       "Rate-limited per user (RATELIMIT_TRANSFER).",
+        "parameters": [IDEMPOTENCY_KEY_HEADER],
+        "requestBody": _json_body("TransferRequest"),
+        "responses": {"200": _ok("Completed, or a replay of a completed transfer (`Transaction already "
+                                 "processed`).", "TransactionResponse", **_TRANSFER_HEADERS, **_RATE_LIMIT_HEADERS),
+                      "400": _error("Missing fields, bad types or ids, a bad amount, the same account twice, "
+                                    "`One or both accounts not found` (also when fromAccount is not the "
+                                    "caller's), inactive accounts, a currency mismatch or insufficient balance.",
+                                    **_TRANSFER_HEADERS),
+                      **_errors(401, 409, 413, 415, 422, 429, 503)},
+    }},
+    "transactions.create_initial_funds": {"post": {
+        "tags": ["transactions"], "operationId": "createInitialFunds",
+        "summary": "Fund an account from the system account (system user only)",
+        "parameters": [IDEMPOTENCY_KEY_HEADER],
+        "requestBody": _json_body("FundingRequest"),
+        "responses": {"201": _ok("Funded, or a replay of that funding.", "TransactionResponse",
+                                 **_TRANSFER_HEADERS),
+                      "400": _error("Missing fields, bad types, a bad amount, `Account not found` or an "
+                                    "inactive target.", **_TRANSFER_HEADERS),
+                      **_errors(401, 403, 409, 413, 415, 422, 503)},
+    }},
+}
+
+_PATH_PARAMETER_SCHEMAS = {"account_id": _schema("ObjectId"), "user_id": _schema("ObjectId")}
+
+
+# ----------------------------------------------------------------------------------------- building
+
+
+def openapi_path(rule: Rule) -> str:
+    """``/api/accounts/<account_id>`` -> ``/api/accounts/{account_id}``."""
+    return _CONVERTER.sub(r"{\1}", rule.rule)
+
+
+def documented_methods(rule: Rule) -> set[str]:
+    return {m.lower() for m in (rule.methods or set()) - _IGNORED_METHODS}
+
+
+def undocumented_routes(app: Flask) -> list[str]:
+    """``METHOD path`` of every route the document leaves out (should be none)."""
+    missing = []
+    for rule in app.url_map.iter_rules():
+        operations = OPERATIONS.get(rule.endpoint, {})
+        missing += [f"{m.upper()} {rule.rule}" for m in sorted(documented_methods(rule)) if m not in operations]
+    return missing
+
+
+def build_spec(app: Flask) -> dict[str, Any]:
+    spec = APISpec(
+        title="Banking Ledger API",
+        version=str(app.config.get("API_VERSION", "1.0.0")),
+        openapi_version=OPENAPI_VERSION,
+        info={"description": (
+            "A double-entry banking ledger, drop-in compatible with the Node.js service. Money is a JSON number "
+            "in major units; ids are 24-hex ObjectIds; every error is `{message, status: \"failed\"}`. Any "
+            "method a path does not list answers 405 with `Allow`; unknown paths answer 404. Bodies over "
+            "100 KB answer 413, JSON nested deeper than 32 levels answers 400. Every response carries "
+            "X-Request-ID; every /api response carries `Cache-Control: no-store`."
+        )},
+        tags=[{"name": "auth"}, {"name": "accounts"}, {"name": "transactions"}, {"name": "operations"}],
+        security=AUTHENTICATED,
+    )
+    for name, schema in SCHEMAS.items():
+        spec.components.schema(name, schema)
+    for name, header in HEADERS.items():
+        spec.components.header(name, header)
+    for name, response in RESPONSES.items():
+        spec.components.response(name, response)
+    for name, scheme in SECURITY_SCHEMES.items():
+        spec.components.security_scheme(name, scheme)
+
+    paths: dict[str, dict[str, Any]] = {}
+    parameters: dict[str, list[dict[str, Any]]] = {}
+    operation_ids: set[str] = set()
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        operations = OPERATIONS.get(rule.endpoint, {})
+        path = openapi_path(rule)
+        for method in sorted(documented_methods(rule)):
+            if method not in operations:
+                continue
+            operation = dict(operations[method])
+            if operation["operationId"] in operation_ids:
+                # A second path for the same view (POST /api/accounts/create): same operation, its own id.
+                operation["operationId"] += "Via" + path.rstrip("/").rsplit("/", 1)[-1].title()
+            operation_ids.add(operation["operationId"])
+            paths.setdefault(path, {})[method] = operation
+        parameters[path] = [{"name": arg, "in": "path", "required": True,
+                             "schema": _PATH_PARAMETER_SCHEMAS.get(arg, {"type": "string"})}
+                            for arg in sorted(rule.arguments)]
+    for path, operations in paths.items():
+        spec.path(path=path, operations=operations, parameters=parameters[path] or None)
+    return spec.to_dict()
+
+
+@bp.get("/api/openapi.json")
+def document():
+    cached = current_app.extensions.get("ledger.openapi")
+    if cached is None:
+        cached = current_app.extensions["ledger.openapi"] = build_spec(current_app)
+    return jsonify(cached)

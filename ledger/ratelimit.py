@@ -1,0 +1,92 @@
+"""Rate limits (flask-limiter): login and registration per client address and per email, transfers per user.
+
+The limiter is an unbound singleton bound in :func:`init_app`; its own settings come from the app config
+(``RATELIMIT_ENABLED``, ``RATELIMIT_STORAGE_URI``, ``RATELIMIT_STRATEGY``, ``RATELIMIT_HEADERS_ENABLED``, ...),
+and the limit strings from ``RATELIMIT_LOGIN``, ``RATELIMIT_REGISTER`` and ``RATELIMIT_TRANSFER``, read when a
+request is checked. Counters live in memory per process by default; ``RATELIMIT_STORAGE_URI`` (``redis://`` or
+``mongodb://``) shares them between gunicorn workers and machines.
+
+A breach raises flask-limiter's ``RateLimitExceeded`` (a 429 ``HTTPException``), which ``ledger.errors``
+renders in our JSON envelope; flask-limiter's after-request hook adds ``Retry-After`` and ``X-RateLimit-*``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+
+from flask import Flask, current_app, request
+from flask_jwt_extended import get_jwt_identity
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+# Bodies of login and register are tiny; a key function never parses more than this (the view refuses
+# oversized bodies itself, with a 413).
+_KEY_BODY_LIMIT = 4096
+
+limiter = Limiter(key_func=get_remote_address)
+
+
+def client_address() -> str:
+    """The peer address (put ``ProxyFix`` or gunicorn's ``forwarded_allow_ips`` in front behind a proxy)."""
+    return "addr:" + get_remote_address()
+
+
+def email_or_address() -> str:
+    """The normalised email of a login/register body (hashed: no addresses in the limiter's storage).
+
+    Never raises: a body that is missing, oversized, malformed, deeply nested or not an object falls back to
+    the client address, and the view answers it with its usual 400/413/415.
+    """
+    try:
+        raw = request.get_data(cache=True)
+        if len(raw) <= _KEY_BODY_LIMIT:
+            body = json.loads(raw)
+            email = body.get("email") if isinstance(body, dict) else None
+            if isinstance(email, str) and email.strip():
+                digest = hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
+                return "email:" + digest
+    except Exception:  # noqa: S110 - any unreadable body just means "no email to key on"
+        pass
+    return client_address()
+
+
+def user_or_address() -> str:
+    """The authenticated caller's id; the limit decorator sits inside ``jwt_required`` so it is verified."""
+    try:
+        identity = get_jwt_identity()
+    except Exception:  # pragma: no cover - only reachable if the decorator order is wrong
+        identity = None
+    return f"user:{identity}" if identity else client_address()
+
+
+def _configured(name: str) -> Callable[[], str]:
+    def limit_value() -> str:
+        return str(current_app.config[name])
+
+    limit_value.__name__ = f"limit_from_{name.lower()}"
+    return limit_value
+
+
+def _limits_switched_off() -> bool:
+    # The limiter is a process-wide singleton; this keeps an app configured with RATELIMIT_ENABLED=false
+    # unlimited even when another app in the same process (as in the test suite) switched it on.
+    return not current_app.config.get("RATELIMIT_ENABLED", True)
+
+
+limiter.request_filter(_limits_switched_off)
+
+#: Decorators for the views. Put them *below* ``@jwt_required()`` so the user key is a verified identity.
+login_per_address = limiter.limit(_configured("RATELIMIT_LOGIN"), key_func=client_address, scope="login-addr")
+login_per_email = limiter.limit(_configured("RATELIMIT_LOGIN"), key_func=email_or_address, scope="login-email")
+register_per_address = limiter.limit(_configured("RATELIMIT_REGISTER"), key_func=client_address,
+                                     scope="register-addr")
+register_per_email = limiter.limit(_configured("RATELIMIT_REGISTER"), key_func=email_or_address,
+                                   scope="register-email")
+transfer_per_user = limiter.limit(_configured("RATELIMIT_TRANSFER"), key_func=user_or_address,
+                                  scope="transfer-user")
+
+
+def init_app(app: Flask) -> None:
+    limiter.init_app(app)

@@ -283,10 +283,11 @@ def test_login_with_missing_or_non_string_fields_is_400(api, body):
     assert_failed(api.request("POST", LOGIN, json=body), 400)
 
 
-def test_a_node_era_2a_cost_10_hash_logs_in(app, api):
+@pytest.mark.parametrize("prefix", [b"2a", b"2b"])
+def test_a_node_era_cost_10_hash_logs_in(app, api, prefix):
     email = unique_email("node")
-    node_hash = bcrypt.hashpw(b"node-password", bcrypt.gensalt(rounds=10, prefix=b"2a")).decode()
-    assert node_hash.startswith("$2a$10$")
+    node_hash = bcrypt.hashpw(b"node-password", bcrypt.gensalt(rounds=10, prefix=prefix)).decode()
+    assert node_hash.startswith(f"${prefix.decode()}$10$")
     now = datetime.now(UTC)
     user_id = ObjectId()
     with app.app_context():

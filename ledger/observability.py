@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 
 from ledger import metrics
 
@@ -23,6 +23,13 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
+HSTS = "max-age=31536000; includeSubDomains"  # only where the cookie is Secure, i.e. the service is behind TLS
+
+# CORS: off unless CORS_ORIGINS lists exact origins. Credentials are allowed (the token cookie), so never "*".
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
+CORS_EXPOSE_HEADERS = ("X-Request-ID, Idempotent-Replayed, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, "
+                       "X-RateLimit-Reset")
+CORS_MAX_AGE = "600"
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,11 +68,14 @@ access_log = logging.getLogger("ledger.access")
 
 
 def init_app(app: Flask) -> None:
-    @app.before_request
     def _start() -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         g.started = time.perf_counter()
+
+    # First of all before-request hooks (extensions registered theirs earlier), so every log line of the
+    # request, including those of other hooks, carries the request id.
+    app.before_request_funcs.setdefault(None, []).insert(0, _start)
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -73,6 +83,10 @@ def init_app(app: Flask) -> None:
         response.headers["X-Request-ID"] = request_id
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        if current_app.config.get("COOKIE_SECURE") or current_app.config.get("ENV_NAME") == "production":
+            response.headers.setdefault("Strict-Transport-Security", HSTS)
+        if current_app.config.get("CORS_ORIGINS"):
+            _apply_cors(response, current_app.config["CORS_ORIGINS"])
         if request.path.startswith("/api"):
             response.headers["Cache-Control"] = "no-store"
         started = getattr(g, "started", None)
@@ -86,6 +100,21 @@ def init_app(app: Flask) -> None:
                    "userId": _user_id()},
         )
         return response
+
+
+def _apply_cors(response: Response, allowed_origins: list[str]) -> None:
+    """Allow exactly the configured origins (with credentials); answer preflights for them."""
+    response.vary.add("Origin")
+    origin = request.headers.get("Origin")
+    if not origin or origin not in allowed_origins:
+        return
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Allow-Credentials"] = "true"
+    response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+    if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
+        response.headers["Access-Control-Allow-Methods"] = response.headers.get("Allow") or "GET, POST"
+        response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
+        response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
 
 
 def _user_id() -> str | None:

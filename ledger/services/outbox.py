@@ -97,12 +97,13 @@ def _settings(app: Flask) -> dict[str, float]:
 def claim_next(database: Database, lease_seconds: float) -> dict[str, Any] | None:
     """Atomically take one due message (or one whose lease expired); ``None`` when there is nothing to do."""
     now = utcnow()
+    lease_until = now + timedelta(milliseconds=round(lease_seconds * 1000))  # whole ms, as BSON stores it
     return database.notifications.find_one_and_update(
         {"$or": [
             {"status": PENDING, "nextAttemptAt": {"$lte": now}},
             {"status": SENDING, "claimedUntil": {"$lte": now}},
         ]},
-        {"$set": {"status": SENDING, "claimedUntil": now + timedelta(seconds=lease_seconds)},
+        {"$set": {"status": SENDING, "claimedUntil": lease_until},
          "$inc": {"attempts": 1}},
         sort=[("nextAttemptAt", 1)],
         return_document=ReturnDocument.AFTER,

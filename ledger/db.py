@@ -365,4 +365,10 @@ def init_app(app: Flask) -> None:
         except DatabaseUnavailable as exc:
             log.error("database not reachable at start-up (%s); /ready will report 503 until it is", exc)
             return
-    ensure_indexes(get_db(app))
+    try:
+        ensure_indexes(get_db(app))
+    except OperationFailure as exc:
+        # A database the Node service wrote cannot take the (account, seq) unique index until it is migrated.
+        # Start anyway, so `flask --app wsgi migrate-node-db` can run; /ready answers 503 until the indexes exist.
+        log.error("indexes could not be created (%s); if this database was written by the Node service, run "
+                  "`flask --app wsgi migrate-node-db`. /ready reports 503 until they exist", exc)

@@ -134,13 +134,26 @@ def test_the_scanner_flags_an_update_or_delete_on_the_ledgers_collection():
     ]
 
 
+# The one sanctioned exception: the one-time conversion of entries the Node service wrote (major-unit doubles,
+# no seq). Its update filters require ``seq`` to be absent, so it cannot touch an entry this service wrote.
+NODE_MIGRATION = LEDGER_PACKAGE / "migrate.py"
+
+
 def test_no_code_in_the_ledger_package_updates_or_deletes_ledger_entries():
-    files = sorted(LEDGER_PACKAGE.rglob("*.py"))
+    files = sorted(path for path in LEDGER_PACKAGE.rglob("*.py") if path != NODE_MIGRATION)
     assert len(files) > 10  # the scan really ran over the package
 
     violations = [v for path in files for v in _violations(path.read_text("utf-8"), str(path))]
 
     assert violations == []
+
+
+def test_the_node_migration_rewrites_entries_only_through_filters_that_exclude_this_services_entries():
+    source = NODE_MIGRATION.read_text("utf-8")
+    writes = [method for _, method in _ledger_collection_uses(ast.parse(source))
+              if method not in ALLOWED_LEDGER_METHODS]
+    assert writes == ["bulk_write"]
+    assert source.count('{"_id": entry["_id"], "seq": {"$exists": False}}') == 1
 
 
 def test_the_transfer_path_appends_to_the_ledgers_collection():

@@ -17,6 +17,7 @@ import simplejson
 from bson import ObjectId
 from flask import current_app, request
 from flask.json.provider import JSONProvider
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ledger.errors import UnsupportedMediaType, ValidationFailed
 
@@ -78,6 +79,10 @@ def json_body(*, required: bool = True) -> dict[str, Any]:
     With ``required=False`` an empty body is an empty object (for routes whose body is optional).
     """
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    limit = request.max_content_length
+    if limit is not None and request.content_length is None and len(raw) >= limit:
+        # A chunked body (no Content-Length) is cut at the limit by werkzeug, not refused: refuse it here.
+        raise RequestEntityTooLarge()
     if not raw.strip():
         if required:
             raise ValidationFailed("Request body must be a JSON object")

@@ -138,6 +138,15 @@ def new_email() -> str:
     return f"e2e-{uuid.uuid4().hex[:12]}@example.test"
 
 
+@pytest.fixture(scope="module")
+def customer_token(server: Server) -> str:
+    """One registered customer shared by the probes below (registration is rate-limited per address)."""
+    registered = server.call("POST", "/api/auth/register",
+                             body={"email": new_email(), "password": "password-123", "name": "Shared"})
+    assert registered.status == 201, registered.text
+    return registered.json["token"]
+
+
 # ------------------------------------------------------------------------------------------ the journeys
 
 
@@ -232,7 +241,7 @@ def test_a_browser_style_cookie_session_works_and_logout_ends_it(server):
     assert body["message"] == "Unauthorized, token is missing"
 
 
-def test_errors_over_http_are_json_with_request_ids(server):
+def test_errors_over_http_are_json_with_request_ids(server, customer_token):
     missing = server.call("GET", "/api/definitely-not-here", headers={"X-Request-ID": "e2e-trace-1"})
     assert missing.status == 404
     assert missing.json["status"] == "failed"
@@ -242,20 +251,54 @@ def test_errors_over_http_are_json_with_request_ids(server):
     assert wrong_method.status == 405
     assert wrong_method.json["status"] == "failed"
     assert wrong_method.headers["X-Request-ID"]
-    too_big = server.call("POST", "/api/auth/register", body={"name": "x" * (120 * 1024)})
+    too_big = server.call("POST", "/api/accounts", customer_token, body={"currency": "x" * (120 * 1024)})
     assert too_big.status == 413
     assert too_big.json["status"] == "failed"
 
 
-def test_concurrent_requests_on_the_threaded_worker_all_succeed(server):
+def test_concurrent_requests_on_the_threaded_worker_all_succeed(server, customer_token):
     from concurrent.futures import ThreadPoolExecutor
 
-    registered = server.call("POST", "/api/auth/register",
-                             body={"email": new_email(), "password": "password-123", "name": "Parallel"})
-    token = registered.json["token"]
+    token = customer_token
     account_id = server.call("POST", "/api/accounts", token).json["account"]["_id"]
     with ThreadPoolExecutor(max_workers=8) as pool:
         replies = list(pool.map(lambda _: server.call("GET", f"/api/accounts/balance/{account_id}", token),
                                 range(32)))
     assert [r.status for r in replies] == [200] * 32
     assert len({r.headers["X-Request-ID"] for r in replies}) == 32
+
+
+def test_deeply_nested_json_over_http_is_400_in_a_worker_thread(server, customer_token):
+    for depth in (1000, 50_000):
+        body = "[" * depth + "]" * depth
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_TIMEOUT_SECONDS)
+        try:
+            connection.request("POST", "/api/accounts", body=body.encode(),
+                               headers={"Content-Type": "application/json",
+                                        "Authorization": f"Bearer {customer_token}"})
+            response = connection.getresponse()
+            assert response.status == 400
+            assert json.loads(response.read())["status"] == "failed"
+        finally:
+            connection.close()
+    assert server.call("GET", "/health").status == 200
+
+
+def test_a_chunked_body_over_100_kb_is_413(server, customer_token):
+    def chunks() -> Iterator[bytes]:
+        yield b'{"currency": "'
+        for _ in range(30):
+            yield b"x" * 8192
+        yield b'"}'
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_TIMEOUT_SECONDS)
+    try:
+        connection.request("POST", "/api/accounts", body=chunks(), encode_chunked=True,
+                           headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked",
+                                    "Authorization": f"Bearer {customer_token}"})
+        response = connection.getresponse()
+        assert response.status == 413
+        assert json.loads(response.read())["status"] == "failed"
+    finally:
+        connection.close()
+    assert server.call("GET", "/health").status == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -271,3 +272,21 @@ def test_a_trailing_slash_on_login_logs_in_without_a_redirect(api):
     response = api.request("POST", "/api/auth/login/", json={"email": email, "password": "password-123"})
     assert response.status_code == 200
     assert response.get_json()["token"]
+
+
+def chunked_post(client, path: str, data: bytes):
+    """A body sent without Content-Length, as a chunked upload reaches the app behind gunicorn."""
+    return client.post(path, input_stream=io.BytesIO(data),
+                       headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+                       environ_overrides={"wsgi.input_terminated": True})
+
+
+def test_a_chunked_body_over_100_kb_is_413_not_a_truncated_400(client):
+    response = chunked_post(client, REGISTER, credentials_json(name="x" * (101 * 1024)).encode())
+    assert response.request.content_length is None
+    assert_envelope(response, 413)
+
+
+def test_a_small_chunked_body_is_read_whole(client):
+    response = chunked_post(client, REGISTER, credentials_json().encode())
+    assert response.status_code == 201, response.get_data(as_text=True)

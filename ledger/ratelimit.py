@@ -89,4 +89,11 @@ transfer_per_user = limiter.limit(_configured("RATELIMIT_TRANSFER"), key_func=us
 
 
 def init_app(app: Flask) -> None:
-    limiter.init_app(app)
+    """Bind the limiter when ``RATELIMIT_ENABLED`` (the default outside tests).
+
+    A disabled app is not bound at all, rather than bound "disabled": flask-limiter keeps its on/off switch
+    on the (process-wide) instance, and binding a disabled app would switch limiting off for every other app
+    of the process. The request filter above keeps a disabled app unlimited either way.
+    """
+    if app.config.get("RATELIMIT_ENABLED", True):
+        limiter.init_app(app)

@@ -49,9 +49,11 @@ def verify_password(plain: str, hashed: str | None) -> bool:
         bcrypt.checkpw(candidate or b"x", dummy)
         return False
     try:
-        return bcrypt.checkpw(candidate, hashed.encode("ascii")) if candidate else False
+        # An over-long password still spends its check, or its speed would tell which emails exist.
+        matched = bcrypt.checkpw(candidate or b"x", hashed.encode("ascii"))
     except ValueError:
         return False
+    return matched and bool(candidate)
 
 
 # ------------------------------------------------------------------------------------------ tokens

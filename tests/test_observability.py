@@ -101,7 +101,8 @@ def test_each_request_writes_one_access_line_with_route_status_duration_and_user
     assert line["route"] == "/api/accounts/<account_id>"  # the template: ids never become label values
     assert line["path"] == f"/api/accounts/{account}"
     assert line["status"] == 200
-    assert isinstance(line["durationMs"], int | float) and line["durationMs"] >= 0
+    assert isinstance(line["durationMs"], int | float)
+    assert line["durationMs"] >= 0
     assert line["userId"] == user_id
 
 

@@ -152,14 +152,24 @@ def ensure_indexes(db: Database) -> None:
             db[collection_name].create_indexes(models)
 
 
+_INDEX_OPTIONS = ("unique", "sparse", "expireAfterSeconds")
+
+
+def _index_signature(keys: Any, options: dict[str, Any]) -> tuple:
+    """Keys plus the options that change behaviour: a non-unique index on the same keys is not the index."""
+    # 1 and 1.0 (mongosh sends doubles) compare and hash equal, so the directions need no normalizing.
+    key_tuple = tuple((field, direction) for field, direction in (keys.items() if hasattr(keys, "items") else keys))
+    return key_tuple, tuple(bool(options.get(name)) if name != "expireAfterSeconds" else options.get(name)
+                            for name in _INDEX_OPTIONS)
+
+
 def missing_indexes(db: Database) -> list[str]:
-    """Names of declared indexes the database does not have."""
+    """Names of declared indexes the database does not have (same keys, uniqueness, sparseness and TTL)."""
     missing = []
     for collection_name, models in declared_indexes().items():
-        present = {tuple(info["key"]) for info in db[collection_name].index_information().values()}
+        present = {_index_signature(info["key"], info) for info in db[collection_name].index_information().values()}
         for model in models:
-            keys = tuple((field, direction) for field, direction in model.document["key"].items())
-            if keys not in present:
+            if _index_signature(model.document["key"], model.document) not in present:
                 missing.append(f"{collection_name}.{model.document['name']}")
     return missing
 

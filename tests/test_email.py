@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from email import policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -28,7 +27,6 @@ from bson import ObjectId
 from flask import Flask
 
 from ledger import db, mailer, metrics
-from ledger.models import utcnow
 from ledger.services import notifications, outbox
 from tests.conftest import Api, drop_database, make_app, unique_email
 
@@ -366,7 +364,7 @@ def test_transfers_succeed_while_smtp_is_down_and_the_mail_arrives_once_it_is_ba
     [failed] = outbox_documents(mail_app, attempts=1)
     assert failed["status"] == "PENDING"
     assert "unavailable" in failed["lastError"]
-    assert failed["nextAttemptAt"].replace(tzinfo=None) > utcnow().replace(tzinfo=None) - timedelta(seconds=1)
+    assert failed["nextAttemptAt"] > failed["createdAt"]  # rescheduled: backoff, not an immediate retry loop
 
     inbox = smtp_server.start()
     drain_until_settled(mail_app)
@@ -405,6 +403,25 @@ def test_a_temporarily_refused_message_is_retried_with_backoff_then_parked(mail_
     assert "claimedUntil" not in parked
     assert smtp.all() == []
     assert metric_value("parked") >= parked_before + 1
+
+
+def test_a_message_refused_once_is_delivered_exactly_once_on_retry(mail_app: Flask, mail_api: Api, smtp: Inbox):
+    pair = make_pair(mail_api)
+    drain_until_settled(mail_app)
+    smtp.rcpt_reply = "421 4.7.0 Try again later"
+    transaction = transfer_ok(mail_api, pair, 33)
+    first = drain(mail_app)
+    assert first.retried + int(first.transport_down) >= 1
+    assert [m for m in smtp.all() if transaction["_id"] in m.text] == []
+
+    smtp.rcpt_reply = None
+    drain_until_settled(mail_app)
+
+    about_transfer = Counter(m.rcpt_tos[0] for m in smtp.all() if transaction["_id"] in m.text)
+    assert about_transfer == Counter({pair.alice_email: 1, pair.bob_email: 1})
+    retried = outbox_documents(mail_app, **{"context.transactionId": transaction["_id"]})
+    assert {d["status"] for d in retried} == {"SENT"}
+    assert max(d["attempts"] for d in retried) >= 2
 
 
 def test_a_recipient_refused_for_good_is_parked_at_once(mail_app: Flask, smtp: Inbox):
@@ -464,21 +481,19 @@ def test_a_claimed_message_is_not_claimed_again_until_its_lease_expires(mail_app
     Api(mail_app.test_client()).register(email=unique_email("lease"), name="Lease Holder")
     with mail_app.app_context():
         database = db.get_db(mail_app)
-        first = outbox.claim_next(database, lease_seconds=60)
-        assert first is not None
-        assert first["status"] == "SENDING"
-        others = []
-        while (other := outbox.claim_next(database, lease_seconds=60)) is not None:
-            others.append(other["_id"])
-        assert first["_id"] not in others
+        [document] = outbox_documents(mail_app)  # the welcome message, alone in the outbox
+        first = outbox.claim_next(database, lease_seconds=0.3)
+        while_held = outbox.claim_next(database, lease_seconds=60)
+        time.sleep(0.35)
+        after_expiry = outbox.claim_next(database, lease_seconds=60)
 
-        database.notifications.update_one({"_id": first["_id"]},
-                                          {"$set": {"claimedUntil": utcnow() - timedelta(seconds=1)}})
-        reclaimed = outbox.claim_next(database, lease_seconds=60)
-
-    assert reclaimed is not None
-    assert reclaimed["_id"] == first["_id"]
-    assert reclaimed["attempts"] == 2
+    assert first["_id"] == document["_id"]
+    assert first["status"] == "SENDING"
+    assert first["attempts"] == 1
+    assert while_held is None
+    assert after_expiry["_id"] == document["_id"]
+    assert after_expiry["attempts"] == 2
+    assert after_expiry["claimedUntil"] > first["claimedUntil"]
 
 
 def test_a_sender_whose_lease_expired_cannot_overwrite_the_new_holders_outcome(mail_app: Flask, smtp: Inbox):
@@ -486,21 +501,22 @@ def test_a_sender_whose_lease_expired_cannot_overwrite_the_new_holders_outcome(m
     Api(mail_app.test_client()).register(email=address, name="Fenced Off")
     with mail_app.app_context():
         database = db.get_db(mail_app)
-        stale = outbox.claim_next(database, lease_seconds=60)
-        while stale is not None and stale.get("to") != address:
-            stale = outbox.claim_next(database, lease_seconds=60)
-        assert stale is not None
-        database.notifications.update_one({"_id": stale["_id"]},
-                                          {"$set": {"claimedUntil": utcnow() - timedelta(seconds=1)}})
+        [document] = outbox_documents(mail_app)  # the welcome message, alone in the outbox
+        stale = outbox.claim_next(database, lease_seconds=0.001)  # a sender that stalls past its lease
+        assert stale["_id"] == document["_id"]
+        time.sleep(0.01)
         current = outbox.claim_next(database, lease_seconds=60)
         assert current["_id"] == stale["_id"]
         with mailer.Transport(mail_app) as transport:
-            assert outbox.deliver(mail_app, database, current, transport) == "sent"
             assert outbox.deliver(mail_app, database, stale, transport) == "lost"
+            [meanwhile] = outbox_documents(mail_app, _id=stale["_id"])
+            assert meanwhile["status"] == "SENDING"
+            assert meanwhile["claimedUntil"] == current["claimedUntil"]
+            assert outbox.deliver(mail_app, database, current, transport) == "sent"
 
     [document] = outbox_documents(mail_app, _id=stale["_id"])
     assert document["status"] == "SENT"
-    assert len(smtp.to(address)) == 2  # at least once: the stale sender did send, but could not record
+    assert len(smtp.to(address)) == 2  # both holders sent (at least once); only the current one recorded it
 
 
 # ------------------------------------------------------------------------------------- header injection

@@ -285,7 +285,11 @@ class _LazySender:
         with self._lock:
             sender = self.sender
             if sender is None or sender.pid != os.getpid() or not sender.is_alive():
-                self.sender = start_sender(self.app)
+                try:
+                    self.sender = start_sender(self.app)
+                except Exception:  # noqa: BLE001 - mail must never fail a request; the next one retries
+                    log.exception("outbox sender could not be started")
+                    return
                 log.info("outbox sender started in process %s", os.getpid())
 
     def stop(self) -> None:

@@ -121,7 +121,7 @@ def _drop_fuzzed_database() -> Iterator[None]:
 
 @schema.parametrize()
 @settings(
-    max_examples=60,
+    max_examples=80,
     derandomize=True,
     database=None,
     deadline=None,

@@ -195,3 +195,16 @@ def test_login_spends_exactly_one_bcrypt_check_whether_or_not_the_email_exists(
         counts[case] = len(calls)
 
     assert counts == {"unknown email": 1, "wrong password": 1, "right password": 1, "over-long password": 1}
+
+
+def test_an_unreachable_shared_storage_degrades_to_per_process_limits_instead_of_failing() -> None:
+    # Port 9 on loopback: nothing listens, so the shared storage is down from the first request.
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="2 per minute",
+                   RATELIMIT_STORAGE_URI="mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300&connectTimeoutMS=300")
+    try:
+        api = Api(app.test_client())
+        statuses = [_login(api, "someone@example.test", ADDRESS_A).status_code for _ in range(3)]
+    finally:
+        drop_database(app)
+
+    assert statuses == [401, 401, 429]

@@ -1,34 +1,63 @@
-"""gunicorn settings, all overridable from the environment.
+"""gunicorn settings, all overridable from the environment: ``gunicorn -c gunicorn.conf.py [wsgi:app]``.
 
-The embedded engine (MONGO_URI unset) keeps its data in one process, so it always runs one worker with
-threads. Against MongoDB, WEB_CONCURRENCY workers each build their own client after fork (the app creates it
-lazily), so nothing network-bound crosses the fork.
+Workers and fork safety. The app is loaded in each worker after the fork (``preload_app`` stays off), so the
+master never holds a database client. No ``post_fork`` hook is needed either way: ``ledger.db`` creates the
+``MongoClient`` lazily on first use and keys it by process id, so even a preloaded app would get a fresh client
+in every worker instead of reusing sockets and monitor threads from the parent (which pymongo forbids). The
+email outbox sender thread is likewise started by each worker on its first request.
+
+The embedded engine (``MONGO_URI`` unset) keeps its data inside one process, so it always runs one worker with
+threads, is never recycled and must not be preloaded (the workers would start from an empty copy). Against
+MongoDB, ``WEB_CONCURRENCY`` workers each run ``GUNICORN_THREADS`` threads.
 """
 
 import multiprocessing
 import os
 
+_MONGO = bool(os.environ.get("MONGO_URI"))
+
+wsgi_app = "wsgi:app"
 _port = os.environ.get("PORT", "3000")
 bind = os.environ.get("BIND", f"0.0.0.0:{_port}")
 
-if os.environ.get("MONGO_URI"):
-    workers = int(os.environ.get("WEB_CONCURRENCY", str(min(4, multiprocessing.cpu_count() * 2))))
-else:
-    workers = 1  # the embedded engine lives inside one process
+# The embedded engine lives inside one process: one worker, whatever WEB_CONCURRENCY says.
+workers = int(os.environ.get("WEB_CONCURRENCY", str(min(4, multiprocessing.cpu_count() * 2)))) if _MONGO else 1
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 worker_class = "gthread"
+preload_app = False
 
+# A worker silent for `timeout` seconds is killed and replaced. On SIGTERM (docker stop, a rolling deploy) the
+# workers get `graceful_timeout` seconds to finish in-flight requests: keep the orchestrator's grace period
+# longer (docker-compose.yml: stop_grace_period 30s). Transfers give up retrying after
+# TRANSACTION_TIMEOUT_SECONDS (10 s by default), well inside both.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 
 # Recycle workers now and then so a slow leak can never take a worker down; jitter avoids a thundering herd.
 # The embedded engine would lose its data on recycle, so it never recycles.
-if os.environ.get("MONGO_URI"):
+if _MONGO:
     max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "10000"))
     max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "1000"))
 
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-")
-errorlog = "-"
+# The heartbeat file lives in memory where there is /dev/shm (in containers a disk-backed temp directory can
+# stall the heartbeat and get healthy workers killed). gunicorn creates it with mkstemp: a private, random name.
+if os.path.isdir("/dev/shm"):  # noqa: S108
+    worker_tmp_dir = "/dev/shm"  # noqa: S108
+
+# gunicorn >= 25.1 opens a control socket under ~/.gunicorn by default; this service needs none (several
+# instances on one host would fight over the one path, and the image's user has no home). Older gunicorns
+# ignore the setting.
+control_socket_disable = os.environ.get("GUNICORN_CONTROL_SOCKET", "").lower() not in {"1", "true", "yes", "on"}
+
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-")  # "-" is stdout
+errorlog = "-"  # stderr
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def on_starting(server):
+    """Refuse a configuration that would silently lose data: the embedded engine with a preloaded app."""
+    if server.cfg.preload_app and not _MONGO:
+        raise RuntimeError("--preload cannot be used with the embedded engine (MONGO_URI unset): each worker "
+                           "would start from an empty copy of the in-memory database")

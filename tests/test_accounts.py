@@ -286,3 +286,13 @@ def test_the_accounts_of_a_user_are_listed_only_to_that_user(api, world, caller,
         for account in (world.owner_account, world.other_account):
             if not visible(caller, target):
                 assert account not in text
+
+
+def test_query_parameters_cannot_widen_the_list_to_another_user(api):
+    _, token = api.user()
+    other_id, other_token = api.user()
+    api.open_account(other_token)
+    for query in (f"user={other_id}", f"userId={other_id}", "user[$ne]=x", f"_id={other_id}"):
+        response = api.request("GET", f"/api/accounts?{query}", token)
+        assert response.status_code == 200
+        assert wire(response) == {"accounts": []}

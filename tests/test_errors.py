@@ -290,3 +290,34 @@ def test_a_chunked_body_over_100_kb_is_413_not_a_truncated_400(client):
 def test_a_small_chunked_body_is_read_whole(client):
     response = chunked_post(client, REGISTER, credentials_json().encode())
     assert response.status_code == 201, response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("function", ["find_user_by_id", "is_token_revoked"])
+def test_an_unreachable_database_while_checking_a_token_is_503_not_401_or_200(api, monkeypatch, function):
+    from ledger.services import auth as auth_service
+
+    _, token = api.user()
+
+    def unreachable(*_args, **_kwargs):
+        raise ServerSelectionTimeoutError("secret: no servers")
+
+    monkeypatch.setattr(auth_service, function, unreachable)
+    response = api.request("GET", "/api/accounts", token)
+    assert_envelope(response, 503)
+    assert "secret" not in response.get_data(as_text=True)
+
+
+def test_a_database_error_while_revoking_fails_the_logout_instead_of_pretending(api, monkeypatch):
+    from ledger.services import auth as auth_service
+
+    _, token = api.user()
+
+    def broken(*_args, **_kwargs):
+        raise OperationFailure("secret driver text")
+
+    monkeypatch.setattr(auth_service, "revoke", broken)
+    response = api.request("POST", "/api/auth/logout", token)
+    assert_envelope(response, 500)
+    assert "secret" not in response.get_data(as_text=True)
+    monkeypatch.undo()
+    assert api.request("GET", "/api/accounts", token).status_code == 200

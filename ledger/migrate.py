@@ -267,7 +267,14 @@ class NodeMigration:
             others = [str(a["_id"]) for a in candidates if a is not chosen]
             existing = marked_by_currency.get(currency)
             if existing is not None:
-                if existing.get("user") == user_id and self._is_unused(existing["_id"]):
+                if existing.get("user") == user_id and not self._is_unused(existing["_id"]):
+                    # This user's system account for the currency already exists (an earlier run marked it).
+                    self.report.notes.append(
+                        f"system user {user_id} has other {currency} accounts "
+                        f"({', '.join(str(a['_id']) for a in candidates)}); {existing['_id']} is its system "
+                        f"account, the others stay ordinary accounts")
+                    continue
+                if existing.get("user") == user_id:
                     # Typically created by this service's start-up bootstrap before the migration ran.
                     self._replace_system_account(existing, chosen, currency)
                 else:

@@ -490,3 +490,17 @@ def test_amounts_with_too_many_decimals_are_reported_and_the_ledger_still_balanc
         report = verify()
     assert amounts == {"DEBIT": 13, "CREDIT": 13}
     assert (report.problems, report.total_balance_minor) == ([], 0)
+
+
+def test_a_system_user_with_two_accounts_in_one_currency_gets_one_system_account_and_reruns_cleanly(node_app):
+    node = node_app.node
+    node.account("system-spare", "system")  # newer than the account the Node service funded from
+
+    first = migrated(node_app)
+    second = migrated(node_app)
+
+    with node_app.app_context():
+        marked = list(db.get_db(node_app).accounts.find({"systemCurrency": "INR"}, {"_id": 1}))
+    assert marked == [{"_id": node.accounts["system"]}]
+    assert str(node.accounts["system-spare"]) in first.output
+    assert "Nothing to migrate" in second.output

@@ -1,0 +1,525 @@
+"""Benchmark the ledger over real HTTP: transfer throughput and latency, retries, commands per request, profile.
+
+``scripts/bench`` runs this inside the project's virtual environment. It
+
+1. starts the service under gunicorn on a free 127.0.0.1 port (the embedded engine unless ``MONGO_URI`` is
+   set; then a database of its own on that replica set, dropped afterwards unless ``--keep-data``);
+2. registers users, opens accounts and funds them from the system user (bootstrapped from the
+   ``SYSTEM_USER_*`` variables this script sets for the server);
+3. drives load with locust (as a library, headless, closed loop: ``--concurrency`` simulated clients, each
+   sending its next request when the last one answered) for ``--duration`` seconds per phase:
+   ``GET /health`` (the reference), transfers spread over every account, and transfers on one hot pair;
+4. prints requests/s, p50/p95/p99 latency, errors and transaction retries (from ``GET /metrics``) per phase,
+   the database commands per request (``scripts/bench_inprocess.py commands``) and, with ``--profile``, where
+   the CPU of a transfer goes (``scripts/bench_inprocess.py profile``);
+5. writes ``bench-results/<timestamp>.json`` and ``.md``.
+
+Everything is bounded: each phase by time, setup by count, the server by a start-up deadline, and the server is
+stopped at the end whatever happens. Traffic goes to 127.0.0.1 only.
+"""
+
+# ruff: noqa: E402 - gevent must patch the standard library before anything imports it
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gevent
+import requests
+from locust import FastHttpUser, constant, task
+from locust.env import Environment
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+HOST = "127.0.0.1"
+SYSTEM_EMAIL = "bench-system@ledger.local"
+SYSTEM_PASSWORD = "bench-system-password"
+FUNDS_PER_ACCOUNT = 10_000_000  # major units: no transfer of 1 can ever run out during a run
+MAX_SAMPLES_PER_PHASE = 2_000_000  # latency samples kept per phase (memory bound)
+STARTUP_DEADLINE_SECONDS = 60
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    base_url: str
+    log_path: Path
+    database: str | None
+
+
+def start_server(args: argparse.Namespace, log_path: Path) -> Server:
+    port = free_port()
+    env = dict(os.environ)
+    mongo_uri = os.environ.get("MONGO_URI") or None
+    database = None
+    if mongo_uri and not os.environ.get("MONGO_DB_NAME"):
+        database = f"ledger-bench-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:4]}"
+        env["MONGO_DB_NAME"] = database
+    env.update({
+        "PORT": str(port),
+        "BIND": f"{HOST}:{port}",
+        "APP_ENV": env.get("APP_ENV", "development"),
+        "JWT_SECRET": env.get("JWT_SECRET") or secrets.token_urlsafe(48),
+        "SYSTEM_USER_EMAIL": SYSTEM_EMAIL,
+        "SYSTEM_USER_PASSWORD": SYSTEM_PASSWORD,
+        "SYSTEM_USER_NAME": "Bench System",
+        "GUNICORN_THREADS": str(args.threads),
+        # The limiter stays on (its cost is part of every request) with limits the benchmark never reaches.
+        "RATELIMIT_LOGIN": "1000000 per minute",
+        "RATELIMIT_REGISTER": "1000000 per minute",
+        "RATELIMIT_TRANSFER": "1000000 per minute",
+        "OUTBOX_SENDER_ENABLED": "true" if outbox_sender_on(args) else "false",
+    })
+    if args.workers and mongo_uri:
+        env["WEB_CONCURRENCY"] = str(args.workers)
+    command = [PYTHON, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"]
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    server = Server(process, f"http://{HOST}:{port}", log_path, database)
+    deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited during start-up (code {process.returncode}); see {log_path}")
+        try:
+            if requests.get(f"{server.base_url}/ready", timeout=2).status_code == 200:
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    stop_server(server)
+    raise SystemExit(f"the server was not ready within {STARTUP_DEADLINE_SECONDS} s; see {log_path}")
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=25)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=10)
+
+
+def outbox_sender_on(args: argparse.Namespace) -> bool:
+    if args.outbox_sender == "auto":
+        # On the embedded engine the sender's claim query scans every stored notification (two more per
+        # transfer) under the engine's one lock, which would measure the mock, not the service.
+        return bool(os.environ.get("MONGO_URI"))
+    return args.outbox_sender == "on"
+
+
+def drop_bench_database(server: Server) -> None:
+    if server.database is None:
+        return
+    from pymongo import MongoClient
+
+    with MongoClient(os.environ["MONGO_URI"], serverSelectionTimeoutMS=5000) as client:
+        client.drop_database(server.database)
+
+
+# -------------------------------------------------------------------------------------------- setup
+
+
+@dataclass
+class Owner:
+    token: str
+    accounts: list[str]
+
+
+@dataclass
+class Plan:
+    owners: list[Owner] = field(default_factory=list)
+
+    @property
+    def all_accounts(self) -> list[str]:
+        return [account for owner in self.owners for account in owner.accounts]
+
+
+def _checked(response: requests.Response, expected: int, what: str) -> dict[str, Any]:
+    if response.status_code != expected:
+        raise SystemExit(f"setup failed: {what} answered {response.status_code}: {response.text[:300]}")
+    return response.json()
+
+
+def build_plan(base_url: str, users: int, accounts_per_user: int) -> Plan:
+    """Register ``users`` users with ``accounts_per_user`` funded accounts each, over HTTP."""
+    http = requests.Session()
+    system = _checked(http.post(f"{base_url}/api/auth/login", timeout=30,
+                                json={"email": SYSTEM_EMAIL, "password": SYSTEM_PASSWORD}), 200, "system login")
+    system_headers = {"Authorization": f"Bearer {system['token']}"}
+    plan = Plan()
+    for index in range(users):
+        body = {"email": f"bench-{uuid.uuid4().hex[:12]}@ledger.local", "password": "bench-password-1",
+                "name": f"Bench User {index}"}
+        token = _checked(http.post(f"{base_url}/api/auth/register", json=body, timeout=30), 201, "register")["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        owner = Owner(token, [])
+        for _ in range(accounts_per_user):
+            account = _checked(http.post(f"{base_url}/api/accounts", headers=headers, timeout=30), 201,
+                               "open account")["account"]["_id"]
+            _checked(http.post(f"{base_url}/api/transactions/system/initial-funds", headers=system_headers,
+                               json={"toAccount": account, "amount": FUNDS_PER_ACCOUNT,
+                                     "idempotencyKey": uuid.uuid4().hex}, timeout=30), 201, "initial funds")
+            owner.accounts.append(account)
+        plan.owners.append(owner)
+        log(f"  setup: {index + 1}/{users} users, {len(plan.all_accounts)} funded accounts")
+    return plan
+
+
+# --------------------------------------------------------------------------------------------- load
+
+PLAN = Plan()
+
+
+class HealthUser(FastHttpUser):
+    """The reference: the cheapest route the service has, through the same server, framework and hooks."""
+
+    wait_time = constant(0)
+
+    @task
+    def health(self) -> None:
+        self.client.get("/health", name="GET /health")
+
+
+class _TransferUser(FastHttpUser):
+    abstract = True
+    wait_time = constant(0)
+
+    def send(self, owner: Owner, source: str, target: str) -> None:
+        body = {"fromAccount": source, "toAccount": target, "amount": 1, "idempotencyKey": uuid.uuid4().hex}
+        self.client.post("/api/transactions", json=body, name="POST /api/transactions",
+                         headers={"Authorization": f"Bearer {owner.token}"})
+
+
+class SpreadTransferUser(_TransferUser):
+    """Transfers from a random owner's random account to any other account."""
+
+    @task
+    def transfer(self) -> None:
+        owner = random.choice(PLAN.owners)
+        source = random.choice(owner.accounts)
+        target = random.choice([a for a in PLAN.all_accounts if a != source])
+        self.send(owner, source, target)
+
+
+class HotPairTransferUser(_TransferUser):
+    """Every client moves money between the same two accounts (one owner), in both directions."""
+
+    @task
+    def transfer(self) -> None:
+        owner = PLAN.owners[0]
+        first, second = owner.accounts[0], owner.accounts[1]
+        source, target = (first, second) if random.random() < 0.5 else (second, first)
+        self.send(owner, source, target)
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    route: str
+    seconds: float = 0.0
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    retries: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies_ms)
+        return {
+            "phase": self.name,
+            "route": self.route,
+            "seconds": round(self.seconds, 2),
+            "requests": self.requests,
+            "ok": self.ok,
+            "errors": self.errors,
+            "statuses": self.statuses,
+            "ok_per_second": round(self.ok / self.seconds, 1) if self.seconds else 0.0,
+            "p50_ms": percentile(ordered, 50),
+            "p95_ms": percentile(ordered, 95),
+            "p99_ms": percentile(ordered, 99),
+            "max_ms": round(ordered[-1], 2) if ordered else None,
+            "transaction_retries": int(self.retries),
+        }
+
+
+def percentile(ordered: list[float], pct: float) -> float | None:
+    if not ordered:
+        return None
+    rank = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))  # nearest-rank
+    return round(ordered[rank], 2)
+
+
+def metric_sum(base_url: str, name: str) -> float:
+    text = requests.get(f"{base_url}/metrics", timeout=30).text
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.eE+-]+)$")
+    return sum(float(match.group(1)) for line in text.splitlines() if (match := pattern.match(line)))
+
+
+def run_phase(base_url: str, name: str, route: str, user_class: type, concurrency: int,
+              duration: float) -> PhaseResult:
+    """``concurrency`` locust users on ``user_class`` for ``duration`` seconds once all are running."""
+    result = PhaseResult(name, route)
+    measuring = {"on": False}
+
+    def on_request(response_time: float, exception: Any = None, response: Any = None, **_: Any) -> None:
+        if not measuring["on"]:
+            return
+        result.requests += 1
+        status = str(getattr(response, "status_code", None) or "error")
+        result.statuses[status] = result.statuses.get(status, 0) + 1
+        if exception is None and status.startswith("2"):
+            result.ok += 1
+        else:
+            result.errors += 1
+        if len(result.latencies_ms) < MAX_SAMPLES_PER_PHASE:
+            result.latencies_ms.append(response_time)
+
+    env = Environment(user_classes=[user_class], host=base_url)
+    env.events.request.add_listener(on_request)
+    runner = env.create_local_runner()
+    retries_before = metric_sum(base_url, "ledger_transaction_retries_total")
+    runner.start(concurrency, spawn_rate=max(100, concurrency * 10))
+    gevent.sleep(0.5)  # let every simulated client connect and send its first request
+    measuring["on"] = True
+    started = time.monotonic()
+    next_report = started + 2
+    while (elapsed := time.monotonic() - started) < duration:
+        gevent.sleep(min(0.25, duration - elapsed))
+        if time.monotonic() >= next_report:
+            next_report += 2
+            seconds = time.monotonic() - started
+            log(f"  [{name}] {seconds:5.1f}/{duration:.0f} s  {result.requests} requests  "
+                f"{result.ok / seconds:7.1f} ok/s  {result.errors} errors")
+    measuring["on"] = False
+    result.seconds = time.monotonic() - started
+    runner.quit()
+    runner.greenlet.join(timeout=30)
+    result.retries = metric_sum(base_url, "ledger_transaction_retries_total") - retries_before
+    return result
+
+
+# ------------------------------------------------------------------------------------- in-process parts
+
+
+def in_process(what: list[str], timeout: float) -> dict[str, Any] | None:
+    """Run ``scripts/bench_inprocess.py`` (without gevent) and return its JSON, or None if it failed."""
+    command = [PYTHON, str(ROOT / "scripts" / "bench_inprocess.py"), *what]
+    try:
+        completed = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        log(f"  {what[0]}: gave up after {timeout:.0f} s")
+        return None
+    if completed.returncode != 0:
+        log(f"  {what[0]} failed:\n{completed.stderr.decode(errors='replace')[-2000:]}")
+        return None
+    return json.loads(completed.stdout.decode().strip().splitlines()[-1])
+
+
+def commands_line(counts: dict[str, Any] | None) -> str:
+    if not counts:
+        return "Database commands per request: not measured."
+    sizes = " / ".join(f"{int(size):,}" for size in counts["transfer"])
+    lines = [f"Database commands per request (its own + authentication) at {sizes} prior ledger entries:"]
+    for kind in ("transfer", "balance"):
+        shown = " / ".join(f"{entry['own']}+{entry['auth']}" for entry in counts[kind].values())
+        lines.append(f"- {kind}: {shown}")
+    timings = [entry.get("ms_per_transfer", {}) for entry in counts["transfer"].values()]
+    if timings and all("engine" in t for t in timings):
+        lines.append("- ms per transfer at those sizes (in-process): inside the embedded engine "
+                     + " / ".join(str(t["engine"]) for t in timings) + "; outside it (ours, libraries, framework) "
+                     + " / ".join(str(t["outside_engine"]) for t in timings))
+    elif timings and all("total" in t for t in timings):
+        lines.append("- ms per transfer at those sizes (in-process): " + " / ".join(str(t["total"]) for t in timings))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Benchmark {report['started']}",
+        "",
+        f"- engine: **{report['engine']}**" + (" (in-memory mock: every operation scans every stored document; "
+                                              "its absolute speed says nothing about MongoDB)"
+                                              if report["engine"] == "embedded" else ""),
+        f"- machine: {report['machine']['cpus']} CPUs, load average at start {report['machine']['load_start']}, "
+        f"at end {report['machine']['load_end']}; git {report['git']}",
+        f"- server: gunicorn, {report['config']['workers']} worker(s) x {report['config']['threads']} threads; "
+        f"outbox sender {'on' if report['config']['outbox_sender'] else 'off'}",
+        f"- load: locust {report['config']['locust']}, {report['config']['concurrency']} concurrent clients "
+        f"(closed loop), {report['config']['duration']} s per phase, {report['config']['users']} users x "
+        f"{report['config']['accounts_per_user']} accounts",
+        "",
+        "| phase | route | ok/s | p50 ms | p95 ms | p99 ms | max ms | requests | errors | txn retries |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for phase in report["phases"]:
+        lines.append(f"| {phase['phase']} | `{phase['route']}` | {phase['ok_per_second']} | {phase['p50_ms']} | "
+                     f"{phase['p95_ms']} | {phase['p99_ms']} | {phase['max_ms']} | {phase['requests']} | "
+                     f"{phase['errors']} | {phase['transaction_retries']} |")
+    lines += ["", report["ratios"], "", report["commands_line"], ""]
+    profile = report.get("profile")
+    if profile:
+        lines += [f"Profile (in-process, {profile['transfers']} transfers): {profile['cpu_ms_per_transfer']} ms "
+                  f"CPU per transfer, of which outside the storage engine "
+                  f"{profile['ours_and_libraries_we_call_ms_per_transfer']} ms.", "",
+                  "| where | ms CPU per transfer |", "|---|---:|"]
+        lines += [f"| {name} | {ms} |" for name, ms in profile["cpu_ms_per_transfer_by_category"].items()]
+        lines += ["", "| our function (with the libraries it calls, engine excluded) | ms per transfer |",
+                  "|---|---:|"]
+        lines += [f"| `{item['function']}` | {item['ms']} |" for item in profile["top_costs_of_ours_ms_per_transfer"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def ratio_line(phases: list[dict[str, Any]]) -> str:
+    health = next((p for p in phases if p["phase"] == "health"), None)
+    parts = []
+    for phase in phases:
+        if phase is health or not health or not phase["ok_per_second"] or not health["p50_ms"]:
+            continue
+        parts.append(f"{phase['phase']}: {health['ok_per_second'] / phase['ok_per_second']:.1f}x fewer requests/s "
+                     f"and {phase['p50_ms'] / health['p50_ms']:.1f}x the p50 latency of GET /health")
+    return "Against the reference: " + "; ".join(parts) if parts else "No reference ratio (a phase was empty)."
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, timeout=10,
+                             check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, timeout=10, check=False).stdout.strip()
+        return out.stdout.decode().strip() + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark the ledger over HTTP (see BENCHMARKS.md).")
+    parser.add_argument("--duration", type=float, default=30, help="seconds per load phase (default 30)")
+    parser.add_argument("--users", type=int, default=10, help="users to register (default 10)")
+    parser.add_argument("--accounts", type=int, default=2, help="funded accounts per user (default 2, min 2)")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default 16)")
+    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (default 8)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="gunicorn workers with MONGO_URI (default: gunicorn.conf.py's choice)")
+    parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run: short phases, few users")
+    parser.add_argument("--profile", action="store_true", help="also profile transfers in-process (pyinstrument)")
+    parser.add_argument("--profile-transfers", type=int, default=300, help="transfers to profile (default 300)")
+    parser.add_argument("--phases", default="health,spread,hot", help="comma-separated: health, spread, hot")
+    parser.add_argument("--outbox-sender", choices=("auto", "on", "off"), default="auto",
+                        help="run the email outbox sender in the server (auto: only with MONGO_URI)")
+    parser.add_argument("--keep-data", action="store_true", help="with MONGO_URI, keep the benchmark database")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench-results", help="results directory")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.users, args.accounts, args.concurrency = 4, 4, 2, 8
+        args.profile_transfers = min(args.profile_transfers, 100)
+    # Bounds: everything this script does is finite and small enough for a laptop.
+    args.duration = max(1.0, min(args.duration, 3600.0))
+    args.users = max(1, min(args.users, 1000))
+    args.accounts = max(2, min(args.accounts, 20))
+    args.concurrency = max(1, min(args.concurrency, 512))
+    args.threads = max(1, min(args.threads, 64))
+    args.profile_transfers = max(10, min(args.profile_transfers, 5000))
+    return args
+
+
+PHASES = {
+    "health": ("GET /health", HealthUser),
+    "spread": ("POST /api/transactions", SpreadTransferUser),
+    "hot": ("POST /api/transactions", HotPairTransferUser),
+}
+
+
+def main() -> None:
+    args = parse_args()
+    import locust
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    args.output.mkdir(parents=True, exist_ok=True)
+    engine = "mongodb" if os.environ.get("MONGO_URI") else "embedded"
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "engine": engine,
+        "git": git_revision(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_start": [round(x, 2) for x in os.getloadavg()]},
+        "config": {"duration": args.duration, "users": args.users, "accounts_per_user": args.accounts,
+                   "concurrency": args.concurrency, "threads": args.threads,
+                   "workers": 1 if engine == "embedded" else (args.workers or "gunicorn.conf.py default"),
+                   "outbox_sender": outbox_sender_on(args), "locust": locust.__version__},
+        "phases": [],
+    }
+    log(f"==> benchmark on the {engine} engine; results in {args.output}/{stamp}.*")
+    log("==> starting gunicorn on 127.0.0.1")
+    server = start_server(args, args.output / f"{stamp}-server.log")
+    try:
+        log(f"==> server ready at {server.base_url}; creating {args.users} users x {args.accounts} accounts")
+        PLAN.owners = build_plan(server.base_url, args.users, args.accounts).owners
+        for name in [p.strip() for p in args.phases.split(",") if p.strip()]:
+            route, user_class = PHASES[name]
+            log(f"==> phase {name}: {route}, {args.concurrency} clients, {args.duration:.0f} s")
+            phase = run_phase(server.base_url, name, route, user_class, args.concurrency, args.duration).summary()
+            report["phases"].append(phase)
+            log(f"    {phase['ok_per_second']} ok/s, p50 {phase['p50_ms']} ms, p95 {phase['p95_ms']} ms, "
+                f"p99 {phase['p99_ms']} ms, {phase['errors']} errors, {phase['transaction_retries']} retries")
+        report["transfers_total"] = {
+            outcome: int(metric_sum(server.base_url, f'ledger_transfers_total{{outcome="{outcome}"}}'))
+            for outcome in ("completed", "rejected", "replayed", "timeout")
+        }
+    finally:
+        stop_server(server)
+        if not args.keep_data:
+            drop_bench_database(server)
+    report["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    log("==> counting database commands per request at 10, 1,000 and 10,000 prior ledger entries")
+    report["commands"] = in_process(["commands", "--sizes", "10,1000,10000"], timeout=600)
+    report["commands_line"] = commands_line(report["commands"])
+    if args.profile:
+        log(f"==> profiling {args.profile_transfers} transfers in-process with pyinstrument")
+        report["profile"] = in_process(["profile", "--transfers", str(args.profile_transfers),
+                                        "--out", str(args.output), "--label", stamp], timeout=1800)
+    report["ratios"] = ratio_line(report["phases"])
+    json_path, md_path = args.output / f"{stamp}.json", args.output / f"{stamp}.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(markdown(report), encoding="utf-8")
+    print(markdown(report))
+    log(f"==> wrote {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()

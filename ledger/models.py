@@ -11,6 +11,7 @@ update and delete, and no code path issues one.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -191,9 +192,60 @@ ALL_MODELS: tuple[type[_Base], ...] = (User, Account, Transaction, LedgerEntry, 
 
 
 def to_document(model: type[_Base], **fields: Any) -> dict[str, Any]:
-    """Validate ``fields`` against ``model`` and return the BSON-ready dict to insert (with an ``_id``)."""
+    """Validate ``fields`` against ``model`` and return the BSON-ready dict to insert (with an ``_id``).
+
+    Valid input takes a fast path that applies each field's own mongoengine conversion, default, validation
+    and ``to_mongo`` without building a document instance (which cost about 0.3 ms per document, five
+    documents per transfer). Anything the fast path would refuse goes through mongoengine's document, so the
+    error raised is exactly mongoengine's; ``tests/test_to_document.py`` checks both paths give identical
+    documents.
+    """
     fields.setdefault("id", ObjectId())
+    document = _validated_fast(model, fields)
+    if document is None:
+        document = _validated_by_instance(model, fields)
+    return document
+
+
+def _validated_by_instance(model: type[_Base], fields: dict[str, Any]) -> dict[str, Any]:
     instance = model(**fields)
     instance.validate()
-    document = instance.to_mongo().to_dict()
+    return instance.to_mongo().to_dict()
+
+
+@functools.cache
+def _schema(model: type[_Base]) -> tuple[frozenset[str], tuple[tuple[str, str, Any], ...]]:
+    fields = tuple((name, model._fields[name].db_field, model._fields[name]) for name in model._fields_ordered)
+    return frozenset(model._fields), fields
+
+
+def _validated_fast(model: type[_Base], fields: dict[str, Any]) -> dict[str, Any] | None:
+    """The document mongoengine would build from ``fields``, or None if any field is missing or invalid.
+
+    Mirrors ``Document.__init__`` (``to_python`` on given values; ``None`` or absent takes the default),
+    ``validate()`` (``field._validate`` on every set value; ``required`` on unset ones) and ``to_mongo()``.
+    """
+    names, schema = _schema(model)
+    if not names.issuperset(fields):
+        return None
+    document: dict[str, Any] = {}
+    try:
+        for name, db_field, field in schema:
+            value = fields.get(name)
+            if value is not None:
+                value = field.to_python(value)
+            elif not field.null and field.default is not None:
+                value = field.default() if callable(field.default) else field.default
+            if value is None:
+                if field.required and not getattr(field, "_auto_gen", False):
+                    return None
+                if field.null:
+                    document[db_field] = None
+                continue
+            field._validate(value)
+            stored = field.to_mongo(value)
+            if stored is not None or field.null:
+                document[db_field] = stored
+    except (me.ValidationError, ValueError, TypeError, AttributeError, AssertionError):
+        return None
     return document

@@ -8,7 +8,7 @@ balance. Rendering turns minor units back into an exact ``Decimal`` that the JSO
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact
 
 # ISO-4217 code -> minor-unit exponent. A small table of supported currencies.
 CURRENCY_EXPONENTS: dict[str, int] = {
@@ -28,6 +28,8 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 DEFAULT_CURRENCY = "INR"
 MAX_AMOUNT_MAJOR = Decimal(1_000_000_000_000)
 MAX_DECIMALS = max(CURRENCY_EXPONENTS.values())
+# Arithmetic that never rounds: an amount is converted exactly or not at all.
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact])
 
 
 class InvalidAmount(ValueError):
@@ -75,7 +77,7 @@ def to_minor(amount: Decimal, currency: str) -> int:
     exponent = CURRENCY_EXPONENTS[currency]
     if _decimals(amount) > exponent:
         raise InvalidAmount(f"amount must have at most {exponent} decimal places for {currency}")
-    return int(amount.scaleb(exponent))
+    return int(amount.scaleb(exponent, context=_EXACT))
 
 
 def to_major(minor: int, currency: str) -> Decimal | int:
@@ -101,9 +103,16 @@ def format_money(minor: int, currency: str) -> str:
 
 
 def _decimals(amount: Decimal) -> int:
-    try:
-        normalized = amount.normalize()
-    except InvalidOperation as exc:  # pragma: no cover - finite decimals always normalize
-        raise InvalidAmount("amount is not a number") from exc
-    exponent = normalized.as_tuple().exponent
-    return max(0, -exponent) if isinstance(exponent, int) else 0
+    """Decimal places that carry a non-zero digit, counted exactly.
+
+    ``Decimal.normalize`` would first round to the context's 28 digits, so ``0.1000000000000000000000000000001``
+    would count as one decimal place and be charged as ``0.10``; reading the digits never rounds.
+    """
+    _, digits, exponent = amount.as_tuple()
+    if not isinstance(exponent, int):
+        raise InvalidAmount("amount must be a finite number")
+    significant = "".join(map(str, digits)).rstrip("0")
+    if not significant:  # zero
+        return 0
+    trailing_zeros = len(digits) - len(significant)
+    return max(0, -(exponent + trailing_zeros))

@@ -48,6 +48,7 @@ def test_the_default_currency_is_inr_with_two_decimals():
     (Decimal("1E+2"), Decimal(100)),
     (1_000_000_000_000, Decimal(1_000_000_000_000)),
     (Decimal("999999999999.99"), Decimal("999999999999.99")),
+    (Decimal("1." + "0" * 40), Decimal(1)),  # more digits than the decimal context, all of them zeros
 ])
 def test_valid_amounts_parse_to_the_exact_decimal(raw, expected):
     assert money.parse_amount(raw) == expected
@@ -59,6 +60,8 @@ def test_valid_amounts_parse_to_the_exact_decimal(raw, expected):
     "10", "10.5", True, False, None, [1], {"amount": 1},
     Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"), Decimal("-Infinity"),
     Decimal("1E+400"), Decimal("1E-400"), Decimal("1.005"), Decimal("0.001"),
+    # more significant digits than the 28 of the decimal context: must not be rounded to 0.10 or 12.34
+    Decimal("0.1000000000000000000000000000001"), Decimal("12.340000000000000000000000000000000001"),
     1_000_000_000_001, Decimal("1000000000000.01"), 10**30,
 ])
 def test_invalid_amounts_are_refused(raw):
@@ -76,6 +79,7 @@ def test_invalid_amounts_are_refused(raw):
     (Decimal(1_000_000_000_000), "INR", 100_000_000_000_000),
     (Decimal(150), "JPY", 150),
     (Decimal("1E+2"), "JPY", 100),
+    (Decimal("999999999999.99" + "0" * 30), "INR", 99_999_999_999_999),
 ])
 def test_amounts_convert_to_integer_minor_units_exactly(amount, currency, minor):
     result = money.to_minor(amount, currency)

@@ -220,7 +220,8 @@ def test_bad_amounts_are_a_400_and_move_nothing(api, app, pair, amount):
     assert snapshot(app) == before
 
 
-@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1e-400"])
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1e-400",
+                                     "0.1000000000000000000000000000001", "10.000000000000000000000000000000001"])
 def test_non_finite_and_absurd_number_literals_are_a_400(api, app, pair, literal):
     token, source, target = pair
     before = snapshot(app)

@@ -155,9 +155,10 @@ def test_transfers_read_at_snapshot_and_commit_with_majority_write_concern(app, 
     first = [command for _, command in recorder.commands if command.get("startTransaction")]
     assert len(first) == 1
     assert first[0]["readConcern"]["level"] == "snapshot"
-    transaction_number = first[0]["txnNumber"]
+    session_id, transaction_number = first[0]["lsid"], first[0]["txnNumber"]
     writes = [name for name, command in recorder.commands
-              if command.get("txnNumber") == transaction_number and name in {"insert", "update"}]
+              if command.get("lsid") == session_id and command.get("txnNumber") == transaction_number
+              and name in {"insert", "update"}]
     assert sorted(set(writes)) == ["insert", "update"]  # the transfer's writes all ran inside that transaction
 
 

@@ -153,9 +153,10 @@ def deliver(app: Flask, database: Database, claimed: dict[str, Any], transport: 
                      "lastError": _error_text(exc)},
             "$unset": {"claimedUntil": ""},
         })
+        result = _counted("retried" if recorded else "lost")
         if isinstance(exc, mailer.TransportUnavailable):
-            raise
-        return _counted("retried" if recorded else "lost")
+            raise  # the batch stops here (see drain)
+        return result
     recorded = _record(database, claimed, {
         "$set": {"status": status, "sentAt": utcnow(), "to": email.to},
         "$unset": {"claimedUntil": "", "lastError": ""},

@@ -4,7 +4,7 @@
 #   docker compose up            (the API, a 3-member MongoDB replica set and mailpit; see docker-compose.yml)
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- builder: turn the project and every dependency into wheels (no compiler needed: all ship binary wheels)
+# ---- builder: turn the project and every dependency into wheels (no compiler: the compiled ones ship binary wheels)
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask
+from pymongo.errors import ConnectionFailure
 
 
 def create_app(test_config: dict[str, Any] | None = None, config_name: str | None = None) -> Flask:
@@ -82,8 +83,60 @@ def initialize_database(app: Flask) -> None:
             "never run like this in production (APP_ENV=production refuses to start without JWT_SECRET)."
         )
     with app.app_context():
-        db.init_app(app)
-        bootstrap_from_config(app)
+        try:
+            db.init_app(app)
+            bootstrap_from_config(app)
+        except (ConnectionFailure, db.DatabaseUnavailable) as exc:
+            # Start anyway (/health answers, /ready says 503) and finish once the database answers, rather
+            # than crash-looping while a replica set is still electing a primary.
+            app.logger.error("database unreachable at start-up (%s): indexes and the system user will be set "
+                             "up in the background once it answers", type(exc).__name__)
+            _defer_startup(app)
     from ledger import mailer
 
     mailer.start_background_sender(app)
+
+
+STARTUP_RETRY_SECONDS = 5.0
+
+
+def _defer_startup(app: Flask) -> None:
+    """Finish start-up (indexes, system user) in a background thread once the database answers.
+
+    The thread is started by the first request of each process (never in a gunicorn master before fork), and
+    requests never wait for it: /health keeps answering at once while /ready reports 503.
+    """
+    import os
+    import threading
+    import time
+
+    from ledger import db
+    from ledger.services.system import bootstrap_from_config
+
+    started_in: set[int] = set()
+    guard = threading.Lock()
+
+    def retry_until_done() -> None:
+        while True:
+            try:
+                with app.app_context():
+                    db.ensure_indexes(db.get_db(app))
+                    bootstrap_from_config(app)
+            except (ConnectionFailure, db.DatabaseUnavailable) as exc:
+                app.logger.warning("start-up still pending: database unreachable (%s)", type(exc).__name__)
+                time.sleep(STARTUP_RETRY_SECONDS)
+                continue
+            except Exception:  # a misconfiguration (e.g. the system email is an ordinary user): say so, stop
+                app.logger.exception("start-up could not complete; fix the configuration and restart")
+                return
+            app.logger.info("start-up completed: indexes and system user in place")
+            return
+
+    @app.before_request
+    def _start_retrying() -> None:
+        if os.getpid() in started_in:
+            return
+        with guard:
+            if os.getpid() not in started_in:
+                started_in.add(os.getpid())
+                threading.Thread(target=retry_until_done, name="ledger-startup", daemon=True).start()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 
 import pytest
 from bson import ObjectId
+from pymongo.errors import ServerSelectionTimeoutError
 
 from config import ConfigurationError
 from ledger import create_app, db
@@ -282,3 +284,41 @@ def test_the_system_email_cannot_be_registered_again(api):
                            json={"email": SYSTEM_EMAIL.upper(), "password": "password-123", "name": "Mallory"})
     assert response.status_code == 422
     assert response.get_json()["message"] == "Email already exists in the database"
+
+
+# ------------------------------------------------------------------------------------------ database down
+
+
+def test_an_unreachable_database_at_start_up_defers_the_bootstrap_instead_of_crashing(monkeypatch):
+    import ledger
+    from ledger.services import system
+
+    real_bootstrap = system.bootstrap_from_config
+    database_up = {"value": False}
+    monkeypatch.setattr(ledger, "STARTUP_RETRY_SECONDS", 0.01)
+
+    def bootstrap(app):
+        if not database_up["value"]:
+            raise ServerSelectionTimeoutError("no servers")
+        return real_bootstrap(app)
+
+    monkeypatch.setattr(system, "bootstrap_from_config", bootstrap)
+    app = make_app()
+    try:
+        client = app.test_client()
+        assert client.get("/health").status_code == 200
+        assert system_documents(app) == ([], [])
+        assert client.post("/api/auth/login", json={"email": SYSTEM_EMAIL,
+                                                    "password": "system-password-1"}).status_code == 401
+        database_up["value"] = True
+        deadline = time.monotonic() + 10
+        while system_documents(app) == ([], []) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        users, accounts = system_documents(app)
+        assert [u["email"] for u in users] == [SYSTEM_EMAIL]
+        assert len(accounts) == 1
+        login = client.post("/api/auth/login", json={"email": SYSTEM_EMAIL, "password": "system-password-1"})
+        assert login.status_code == 200
+    finally:
+        database_up["value"] = True  # lets the retry thread finish even when an assertion failed
+        drop_database(app)

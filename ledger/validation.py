@@ -8,6 +8,7 @@ attempt such as ``{"$ne": null}`` is a 400 and never reaches a query.
 from __future__ import annotations
 
 import re
+import unicodedata
 from decimal import Decimal
 from typing import Any
 
@@ -68,9 +69,14 @@ def name(value: Any, field: str = "name") -> str:
         raise _fail(field, "Name is required")
     if len(cleaned) > NAME_MAX_LENGTH:
         raise _fail(field, f"Name must be at most {NAME_MAX_LENGTH} characters long")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in cleaned):
+    if any(_is_control(ch) for ch in cleaned):
         raise _fail(field, "Name must not contain control characters")
     return cleaned
+
+
+def _is_control(ch: str) -> bool:
+    """C0/C1 controls, format characters and Unicode line/paragraph separators (U+0085, U+2028, U+2029)."""
+    return unicodedata.category(ch) in {"Cc", "Cf", "Zl", "Zp"}
 
 
 def object_id(value: Any, field: str) -> ObjectId:

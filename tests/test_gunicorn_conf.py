@@ -49,14 +49,17 @@ def test_preloading_the_embedded_engine_is_refused_at_start(monkeypatch):
 
 
 def test_a_forked_worker_gets_its_own_client_so_no_post_fork_hook_is_needed(app, monkeypatch):
+    # A holder of our own, so the process-wide client (and every app using it) is left alone.
+    holder = db._ClientHolder()
+    monkeypatch.setattr(db, "_holder", holder)
     parent_client = db.get_client(app)
     assert db.get_client(app) is parent_client  # one client per process
 
-    child_pid = os.getpid() + 1
-    monkeypatch.setattr(os, "getpid", lambda: child_pid)  # what a gunicorn worker sees after the fork
-    child_client = db.get_client(app)
-    monkeypatch.undo()
-    db.reset_client()  # closes the "child's" client; the next use in this process builds a fresh one
+    with monkeypatch.context() as forked:
+        child_pid = os.getpid() + 1
+        forked.setattr(os, "getpid", lambda: child_pid)  # what a gunicorn worker sees after the fork
+        child_client = db.get_client(app)
+    holder.reset()  # closes the "child's" client (a real MongoClient must be closed)
     if not db.is_embedded(app):
         parent_client.close()
 

@@ -138,7 +138,8 @@ def test_concurrent_transfers_from_one_hot_account_conflict_and_all_succeed_afte
 def test_transfers_read_at_snapshot_and_commit_with_majority_write_concern(app, api, monkeypatch):
     recorder = CommandRecorder()
     monkeypatch.setattr(db, "MongoClient", functools.partial(db.MongoClient, event_listeners=[recorder]))
-    db.reset_client()  # the next use builds a client through the patched constructor
+    holder = db._ClientHolder()  # a client of its own, built through the patched constructor;
+    monkeypatch.setattr(db, "_holder", holder)  # the process-wide one is left alone
     try:
         _, token = api.user()
         source = api.funded_account(token, 100)
@@ -147,7 +148,7 @@ def test_transfers_read_at_snapshot_and_commit_with_majority_write_concern(app, 
 
         assert api.transfer(token, source, target, 1, key=uuid.uuid4().hex).status_code == 200
     finally:
-        db.reset_client()
+        holder.reset()  # closes the recording client
 
     commits = [command for name, command in recorder.commands if name == "commitTransaction"]
     assert len(commits) == 1

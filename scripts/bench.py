@@ -310,8 +310,9 @@ def run_phase(base_url: str, name: str, route: str, user_class: type, concurrenc
     env.events.request.add_listener(on_request)
     runner = env.create_local_runner()
     retries_before = metric_sum(base_url, "ledger_transaction_retries_total")
-    runner.start(concurrency, spawn_rate=max(100, concurrency * 10))
-    gevent.sleep(0.5)  # let every simulated client connect and send its first request
+    spawn_rate = min(100, concurrency * 4)  # locust warns above 100 users/s
+    runner.start(concurrency, spawn_rate=spawn_rate)
+    gevent.sleep(concurrency / spawn_rate + 0.5)  # every simulated client running before measuring starts
     measuring["on"] = True
     started = time.monotonic()
     next_report = started + 2

@@ -93,9 +93,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "email": {"type": "string", "format": "email", "maxLength": 254,
                       "description": "Trimmed and lower-cased."},
-            "password": {"type": "string", "minLength": validation.PASSWORD_MIN_BYTES,
+            # The rule is 6 to 72 *bytes* of UTF-8; JSON Schema counts characters (1 to 4 bytes each), so the
+            # bounds below are the character counts no valid password can fall outside of.
+            "password": {"type": "string", "minLength": -(-validation.PASSWORD_MIN_BYTES // 4),
                          "maxLength": validation.PASSWORD_MAX_BYTES,
-                         "description": "6 to 72 bytes of UTF-8."},
+                         "description": "6 to 72 bytes of UTF-8 (not characters); over 72 bytes is a 400, never "
+                                        "a silent truncation."},
             "name": {"type": "string", "minLength": 1, "maxLength": validation.NAME_MAX_LENGTH},
         },
         "description": "Other fields (systemUser, _id, ...) are ignored.",

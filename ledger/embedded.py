@@ -20,6 +20,8 @@ call each other internally count once), which the command-count tests and the be
 
 from __future__ import annotations
 
+import collections
+import copy
 import functools
 import threading
 from collections.abc import Callable
@@ -28,6 +30,9 @@ from typing import Any
 import mongomock_ng
 from mongomock_ng import collection as _collection_module
 from mongomock_ng import session as _session_module
+from mongomock_ng import store as _store_module
+from mongomock_ng.filtering import filter_applies as _filter_applies
+from mongomock_ng.helpers import _clone_document
 
 ENGINE_LOCK = threading.RLock()
 
@@ -126,6 +131,7 @@ def _install() -> None:
         cursor_class = _collection_module.Cursor
         cursor_class._compute_results = _serialized(cursor_class._compute_results)
         _patch_sessions(_session_module.ClientSession)
+        _patch_snapshots(_store_module.CollectionStore, collection_class)
         _installed = True
 
 
@@ -166,6 +172,53 @@ def _patch_sessions(session_class: type) -> None:
     session_class.start_transaction = start_transaction
     session_class.commit_transaction = commit_transaction
     session_class.abort_transaction = abort_transaction
+
+
+def _patch_snapshots(store_class: type, collection_class: type) -> None:
+    """Make a transaction's rollback snapshot cost O(documents it updates), not a deep copy of the collection.
+
+    mongomock-ng deep-copies every collection a transaction touches when it first touches it, so each transfer
+    copied the whole ledger, outbox and transaction history (its cost grew with every transfer ever made).
+    Under ENGINE_LOCK only the transaction itself writes, and the only in-place change mongomock-ng makes to a
+    stored document is an update (inserts and deletes add or remove dict entries). So the snapshot is a shallow
+    copy of the collection (same order, same document objects) plus a deep copy of each document taken just
+    before the transaction first updates it; abort puts those back.
+    """
+    original_commit = store_class.commit_transaction
+    original_abort = store_class.abort_transaction
+    original_update = collection_class._update_documents
+
+    def begin_transaction(self):
+        self._saved_documents = collections.OrderedDict(self._documents)
+        self._saved_indexes = copy.deepcopy(self.indexes)
+        self._saved_ttl_indexes = copy.deepcopy(self._ttl_indexes)
+        self._ledger_preimages = {}
+
+    def commit_transaction(self):
+        self._ledger_preimages = None
+        original_commit(self)
+
+    def abort_transaction(self):
+        preimages = getattr(self, "_ledger_preimages", None)
+        if self._saved_documents is not None and preimages:
+            for document_id, preimage in preimages.items():
+                if document_id in self._saved_documents:
+                    self._saved_documents[document_id] = preimage
+        self._ledger_preimages = None
+        original_abort(self)
+
+    def _update_documents(self, spec, document, *args, **kwargs):
+        preimages = getattr(self._store, "_ledger_preimages", None)
+        if preimages is not None:
+            for stored in list(self._store.documents):
+                if stored["_id"] not in preimages and _filter_applies(spec, stored):
+                    preimages[stored["_id"]] = _clone_document(stored)
+        return original_update(self, spec, document, *args, **kwargs)
+
+    store_class.begin_transaction = begin_transaction
+    store_class.commit_transaction = commit_transaction
+    store_class.abort_transaction = abort_transaction
+    collection_class._update_documents = _update_documents
 
 
 def _notify(name: str, collection: str) -> None:

@@ -260,6 +260,25 @@ def test_a_non_transient_error_at_any_step_is_a_500_json_and_writes_nothing(app,
     assert_applied_exactly_once(app, api.transfer(token, source, target, 25, key=idem), source, target)
 
 
+def dump(app) -> dict[str, list[dict]]:
+    """Every document of every collection, in natural order."""
+    data = database(app)
+    return {name: list(data[name].find({})) for name in sorted(data.list_collection_names())}
+
+
+@pytest.mark.parametrize("step", ["after the debit", "outbox insert", "commit"])
+def test_an_aborted_transfer_leaves_every_collection_exactly_as_it_was(app, api, setup, monkeypatch, step):
+    token, source, target = setup
+    assert api.transfer(token, source, target, 5).status_code == 200  # earlier history that must survive
+    before = dump(app)
+    inject_at(monkeypatch, step, plain_error, times=1)
+
+    response = api.transfer(token, source, target, 25)
+
+    assert response.status_code == 500
+    assert dump(app) == before
+
+
 # ------------------------------------------------------------------ persistent errors: 503, retry later
 
 

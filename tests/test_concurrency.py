@@ -119,6 +119,22 @@ def test_random_transfers_among_hot_accounts_conserve_money_and_lose_no_update(a
     assert_ledger_consistent(app)
 
 
+def test_concurrent_first_fundings_in_a_new_currency_open_one_system_account(app, api):
+    _, token = api.user()
+    targets = [api.open_account(token, currency="GBP") for _ in range(12)]
+    api.system_token()
+
+    results = run_together(app, len(targets), lambda client, i: client.request(
+        "POST", "/api/transactions/system/initial-funds", api.system_token(),
+        json={"toAccount": targets[i], "amount": 10 + i, "idempotencyKey": uuid.uuid4().hex}))
+
+    assert [r.status_code for r in results] == [201] * len(targets)
+    [system_account] = list(database(app).accounts.find({"systemCurrency": "GBP"}))
+    assert system_account["balance"] == -sum((10 + i) * 100 for i in range(len(targets)))
+    assert [balance_minor(app, t) for t in targets] == [(10 + i) * 100 for i in range(len(targets))]
+    assert_ledger_consistent(app)
+
+
 def test_concurrent_registrations_with_one_email_create_one_user(app, api):
     email = unique_email("race")
     workers = 12

@@ -383,6 +383,21 @@ def test_a_replay_answers_the_same_transaction_with_the_replay_header(api, pair)
     assert api.balance(token, source) == 70
 
 
+def test_a_completed_transfer_still_replays_after_its_account_is_drained_and_frozen(api, app, pair):
+    token, source, target = pair
+    idem = key()
+    first = api.transfer(token, source, target, 60, key=idem)
+    assert api.transfer(token, source, target, 40).status_code == 200  # source now holds 0
+    set_status(app, source, "FROZEN")
+
+    replay = api.transfer(token, source, target, 60, key=idem)
+
+    assert replay.status_code == 200
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.get_json()["transaction"] == first.get_json()["transaction"]
+    assert balance_minor(app, target) == 10000
+
+
 def test_a_rejected_transfer_replays_its_rejection_even_after_the_account_is_funded(api, app):
     _, token = api.user()
     source = api.funded_account(token, 10)

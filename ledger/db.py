@@ -375,13 +375,9 @@ def init_app(app: Flask) -> None:
             "is LOST ON EXIT; run a single worker. Set MONGO_URI to a MongoDB replica set for real use."
         )
     else:
-        try:
-            check_replica_set(get_client(app))
-        except NotAReplicaSet:
-            raise
-        except DatabaseUnavailable as exc:
-            log.error("database not reachable at start-up (%s); /ready will report 503 until it is", exc)
-            return
+        # NotAReplicaSet stops start-up with its message; DatabaseUnavailable goes to the caller, which
+        # finishes start-up (indexes, system user) in the background once the database answers.
+        check_replica_set(get_client(app))
     try:
         ensure_indexes(get_db(app))
     except OperationFailure as exc:

@@ -322,3 +322,31 @@ def test_an_unreachable_database_at_start_up_defers_the_bootstrap_instead_of_cra
     finally:
         database_up["value"] = True  # lets the retry thread finish even when an assertion failed
         drop_database(app)
+
+
+def test_indexes_missed_at_start_up_are_created_once_the_database_answers(monkeypatch):
+    import ledger
+
+    real_ensure = db.ensure_indexes
+    database_up = {"value": False}
+    monkeypatch.setattr(ledger, "STARTUP_RETRY_SECONDS", 0.01)
+
+    def ensure_indexes(database):
+        if not database_up["value"]:
+            raise ServerSelectionTimeoutError("no servers")
+        return real_ensure(database)
+
+    monkeypatch.setattr(db, "ensure_indexes", ensure_indexes)
+    app = make_app(SYSTEM_USER_EMAIL=None, SYSTEM_USER_PASSWORD=None, SYSTEM_USER_NAME=None)
+    try:
+        client = app.test_client()
+        assert client.get("/health").status_code == 200
+        assert client.get("/ready").status_code == 503
+        database_up["value"] = True
+        deadline = time.monotonic() + 10
+        while client.get("/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.get("/ready").status_code == 200
+    finally:
+        database_up["value"] = True
+        drop_database(app)

@@ -369,10 +369,11 @@ def test_insufficient_balance_gets_the_node_message(api, app, funded, amount, av
 # ------------------------------------------------------------------------------------ idempotency
 
 
-def test_a_replay_answers_the_same_transaction_with_the_replay_header(api, pair):
+def test_a_replay_answers_the_same_transaction_with_the_replay_header(api, app, pair):
     token, source, target = pair
     idem = key()
     first = api.transfer(token, source, target, 30, key=idem)
+    before = snapshot(app)
 
     replay = api.transfer(token, source, target, 30, key=idem)
 
@@ -380,6 +381,7 @@ def test_a_replay_answers_the_same_transaction_with_the_replay_header(api, pair)
     assert replay.get_json()["message"] == "Transaction already processed"
     assert replay.get_json()["transaction"] == first.get_json()["transaction"]
     assert replay.headers["Idempotent-Replayed"] == "true"
+    assert snapshot(app) == before  # no second record, entry or notification
     assert api.balance(token, source) == 70
 
 

@@ -88,6 +88,9 @@ class Config:
         self.MAIL_TIMEOUT_SECONDS = float(env("MAIL_TIMEOUT_SECONDS") or 10)
 
         self.LOG_LEVEL = env("LOG_LEVEL") or "INFO"
+        # How many reverse proxies (load balancers) sit in front of the app. Their X-Forwarded-For/-Proto are
+        # trusted that many hops deep, so per-address rate limits see the client, not the balancer.
+        self.TRUSTED_PROXIES = _env_int("TRUSTED_PROXIES", 0)
 
         # Rate limits (flask-limiter reads the RATELIMIT_* keys itself). Memory storage is per process; set
         # RATELIMIT_STORAGE_URI=redis://... or mongodb://... to share the counters between workers and machines.

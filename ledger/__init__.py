@@ -23,6 +23,7 @@ def create_app(test_config: dict[str, Any] | None = None, config_name: str | Non
         app.config.update(test_config)
 
     configure_logging(app)
+    configure_proxies(app)
     register_extensions(app)
     register_blueprints(app)
     register_error_handlers(app)
@@ -30,6 +31,15 @@ def create_app(test_config: dict[str, Any] | None = None, config_name: str | Non
     register_commands(app)
     initialize_database(app)
     return app
+
+
+def configure_proxies(app: Flask) -> None:
+    """Trust X-Forwarded-For/-Proto from exactly TRUSTED_PROXIES hops (0: trust nothing, the default)."""
+    hops = int(app.config.get("TRUSTED_PROXIES") or 0)
+    if hops > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
 
 
 def configure_logging(app: Flask) -> None:

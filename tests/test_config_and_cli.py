@@ -350,3 +350,29 @@ def test_indexes_missed_at_start_up_are_created_once_the_database_answers(monkey
     finally:
         database_up["value"] = True
         drop_database(app)
+
+
+def test_behind_a_trusted_proxy_rate_limits_count_the_forwarded_client_address():
+    app = make_app(TRUSTED_PROXIES=1, RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="2 per minute")
+    try:
+        client = app.test_client()
+
+        def login(address: str) -> int:
+            return client.post("/api/auth/login", json={"email": unique_email(), "password": "wrong-pass"},
+                               headers={"X-Forwarded-For": address}).status_code
+
+        assert [login("203.0.113.7") for _ in range(3)] == [401, 401, 429]
+        assert login("203.0.113.8") == 401  # another client behind the same balancer is not throttled
+    finally:
+        drop_database(app)
+
+
+def test_without_trusted_proxies_a_forged_forwarded_header_cannot_dodge_the_limit():
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="2 per minute")
+    try:
+        client = app.test_client()
+        codes = [client.post("/api/auth/login", json={"email": unique_email(), "password": "wrong-pass"},
+                             headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code for i in range(3)]
+        assert codes == [401, 401, 429]
+    finally:
+        drop_database(app)

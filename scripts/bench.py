@@ -154,15 +154,18 @@ def drop_bench_database(server: Server) -> None:
 class Owner:
     token: str
     accounts: list[str]
+    first_index: int = 0  # where its accounts start in Plan.all_accounts
 
 
 @dataclass
 class Plan:
     owners: list[Owner] = field(default_factory=list)
+    all_accounts: list[str] = field(default_factory=list)
 
-    @property
-    def all_accounts(self) -> list[str]:
-        return [account for owner in self.owners for account in owner.accounts]
+    def add(self, owner: Owner) -> None:
+        owner.first_index = len(self.all_accounts)
+        self.owners.append(owner)
+        self.all_accounts.extend(owner.accounts)
 
 
 def _checked(response: requests.Response, expected: int, what: str) -> dict[str, Any]:
@@ -191,7 +194,7 @@ def build_plan(base_url: str, users: int, accounts_per_user: int) -> Plan:
                                json={"toAccount": account, "amount": FUNDS_PER_ACCOUNT,
                                      "idempotencyKey": uuid.uuid4().hex}, timeout=30), 201, "initial funds")
             owner.accounts.append(account)
-        plan.owners.append(owner)
+        plan.add(owner)
         log(f"  setup: {index + 1}/{users} users, {len(plan.all_accounts)} funded accounts")
     return plan
 
@@ -227,9 +230,10 @@ class SpreadTransferUser(_TransferUser):
     @task
     def transfer(self) -> None:
         owner = random.choice(PLAN.owners)
-        source = random.choice(owner.accounts)
-        target = random.choice([a for a in PLAN.all_accounts if a != source])
-        self.send(owner, source, target)
+        source_index = PLAN.all_accounts.index(random.choice(owner.accounts), owner.first_index)
+        target_index = random.randrange(len(PLAN.all_accounts) - 1)
+        target_index += target_index >= source_index  # any account but the source, uniformly
+        self.send(owner, PLAN.all_accounts[source_index], PLAN.all_accounts[target_index])
 
 
 class HotPairTransferUser(_TransferUser):
@@ -414,7 +418,7 @@ def ratio_line(phases: list[dict[str, Any]]) -> str:
             continue
         parts.append(f"{phase['phase']}: {health['ok_per_second'] / phase['ok_per_second']:.1f}x fewer requests/s "
                      f"and {phase['p50_ms'] / health['p50_ms']:.1f}x the p50 latency of GET /health")
-    return "Against the reference: " + "; ".join(parts) if parts else "No reference ratio (a phase was empty)."
+    return "Against the reference: " + "; ".join(parts) if parts else "No reference ratio (needs the health phase)."
 
 
 def git_revision() -> str:
@@ -490,7 +494,8 @@ def main() -> None:
     server = start_server(args, args.output / f"{stamp}-server.log")
     try:
         log(f"==> server ready at {server.base_url}; creating {args.users} users x {args.accounts} accounts")
-        PLAN.owners = build_plan(server.base_url, args.users, args.accounts).owners
+        plan = build_plan(server.base_url, args.users, args.accounts)
+        PLAN.owners, PLAN.all_accounts = plan.owners, plan.all_accounts
         for name in [p.strip() for p in args.phases.split(",") if p.strip()]:
             route, user_class = PHASES[name]
             log(f"==> phase {name}: {route}, {args.concurrency} clients, {args.duration:.0f} s")

@@ -22,8 +22,14 @@ from mongomock_ng import collection as mock_collection
 from mongomock_ng import session as mock_session
 from pymongo.errors import OperationFailure
 
-from tests.conftest import Api
+from tests.conftest import REPLICA_SET_URI, Api
 from tests.ledger_checks import assert_ledger_consistent, balance_minor, count, database, snapshot
+
+pytestmark = pytest.mark.skipif(
+    bool(REPLICA_SET_URI),
+    reason="faults are injected by wrapping the embedded engine's classes; against a replica set the real "
+           "conflicts and retries are exercised by tests/test_replica_set.py and tests/test_concurrency.py",
+)
 
 TRANSIENT = "TransientTransactionError"
 UNKNOWN_COMMIT = "UnknownTransactionCommitResult"

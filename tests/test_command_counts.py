@@ -14,7 +14,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import pytest
 from bson import ObjectId
 from flask import Flask
 

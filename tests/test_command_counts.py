@@ -112,3 +112,18 @@ def test_seeded_history_keeps_every_balance_equal_to_its_entries(app: Flask, api
     assert report.total_balance_minor == 0
     assert _entries_on(app, first) == 102
     assert api.balance(token, first) + api.balance(token, second) == 10
+
+
+def test_the_counter_counts_only_the_commands_of_its_own_thread(app: Flask) -> None:
+    import threading
+
+    database = db.get_db(app)
+    other_thread = threading.Thread(target=lambda: database.accounts.find_one({"_id": ObjectId()}))
+
+    with CommandCounter(db.get_client(app)) as counter:
+        other_thread.start()
+        other_thread.join(timeout=10)
+        database.users.find_one({"_id": ObjectId()})
+
+    assert not other_thread.is_alive()
+    assert [command.collection for command in counter.commands] == ["users"]

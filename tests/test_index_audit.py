@@ -184,7 +184,7 @@ def _exercise_every_route(app: Flask, api: Api) -> None:
     assert api.transfer(token, target, source, 1).status_code == 400  # not the caller's account
     assert api.fund(target, 5).status_code == 201
 
-    for path in ("/", "/health", "/ready", "/metrics"):
+    for path in ("/", "/health", "/ready", "/metrics", "/api/openapi.json"):
         assert api.request("GET", path).status_code == 200
 
     assert api.request("POST", "/api/auth/logout", token).status_code == 200

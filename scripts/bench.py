@@ -401,11 +401,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", report["ratios"], "", report["commands_line"], ""]
     profile = report.get("profile")
     if profile:
-        lines += [f"Profile (in-process, {profile['transfers']} transfers): {profile['cpu_ms_per_transfer']} ms "
-                  f"CPU per transfer, of which outside the storage engine "
-                  f"{profile['ours_and_libraries_we_call_ms_per_transfer']} ms.", "",
-                  "| where | ms CPU per transfer |", "|---|---:|"]
-        lines += [f"| {name} | {ms} |" for name, ms in profile["cpu_ms_per_transfer_by_category"].items()]
+        basis = profile["basis"]
+        total = profile["cpu_ms_per_transfer" if basis == "CPU" else "wall_ms_per_transfer"]
+        lines += [f"Profile (in-process, {profile['transfers']} transfers): {total} ms {basis} per transfer, "
+                  f"of which outside the storage engine {profile['outside_engine_ms_per_transfer']} ms.", "",
+                  f"| where | ms {basis} per transfer |", "|---|---:|"]
+        lines += [f"| {name} | {ms} |" for name, ms in profile["ms_per_transfer_by_category"].items()]
         lines += ["", "| our function (with the libraries it calls, engine excluded) | ms per transfer |",
                   "|---|---:|"]
         lines += [f"| `{item['function']}` | {item['ms']} |" for item in profile["top_costs_of_ours_ms_per_transfer"]]

@@ -446,7 +446,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=0,
                         help="gunicorn workers with MONGO_URI (default 1: /metrics, and so the retry count, "
                              "is per worker process)")
-    parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run: short phases, few users")
+    parser.add_argument("--quick", action="store_true", help="a ~20-30 s smoke run: short phases, few users")
     parser.add_argument("--profile", action="store_true", help="also profile transfers in-process (pyinstrument)")
     parser.add_argument("--profile-transfers", type=int, default=300, help="transfers to profile (default 300)")
     parser.add_argument("--phases", default="health,spread,hot", help="comma-separated: health, spread, hot")
@@ -465,6 +465,10 @@ def parse_args() -> argparse.Namespace:
     args.concurrency = max(1, min(args.concurrency, 512))
     args.threads = max(1, min(args.threads, 64))
     args.profile_transfers = max(10, min(args.profile_transfers, 5000))
+    args.phases = [name.strip() for name in args.phases.split(",") if name.strip()]
+    unknown = [name for name in args.phases if name not in PHASES]
+    if unknown:
+        parser.error(f"unknown phase(s) {', '.join(unknown)}; choose from {', '.join(PHASES)}")
     return args
 
 
@@ -501,7 +505,7 @@ def main() -> None:
         log(f"==> server ready at {server.base_url}; creating {args.users} users x {args.accounts} accounts")
         plan = build_plan(server.base_url, args.users, args.accounts)
         PLAN.owners, PLAN.all_accounts = plan.owners, plan.all_accounts
-        for name in [p.strip() for p in args.phases.split(",") if p.strip()]:
+        for name in args.phases:
             route, user_class = PHASES[name]
             log(f"==> phase {name}: {route}, {args.concurrency} clients, {args.duration:.0f} s")
             phase = run_phase(server.base_url, name, route, user_class, args.concurrency, args.duration).summary()

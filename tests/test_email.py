@@ -424,6 +424,20 @@ def test_a_message_refused_once_is_delivered_exactly_once_on_retry(mail_app: Fla
     assert max(d["attempts"] for d in retried) >= 2
 
 
+def test_one_pass_tries_a_failing_message_once_however_short_its_backoff(smtp_server, smtp: Inbox):
+    app = mail_app_for(smtp_server.port, OUTBOX_BACKOFF_SECONDS=0, OUTBOX_BACKOFF_MAX_SECONDS=0)
+    try:
+        smtp.rcpt_reply = "421 4.7.0 Try again later"
+        Api(app.test_client()).register(email=unique_email("busy"), name="Busy Server")
+
+        report = drain(app)
+
+        [document] = outbox_documents(app, kind="welcome", recipientName="Busy Server")
+        assert (report.retried, document["attempts"], document["status"]) == (1, 1, "PENDING")
+    finally:
+        drop_database(app)
+
+
 def test_a_recipient_refused_for_good_is_parked_at_once(mail_app: Flask, smtp: Inbox):
     smtp.rcpt_reply = "550 5.1.1 No such user here"
     Api(mail_app.test_client()).register(email=unique_email("gone"), name="Gone Away")
@@ -612,11 +626,11 @@ def test_the_background_sender_survives_database_errors(mail_app: Flask, mail_ap
     original_claim = outbox.claim_next
     failures = {"left": 3}
 
-    def flaky_claim(database: Any, lease_seconds: float) -> dict[str, Any] | None:
+    def flaky_claim(database: Any, lease_seconds: float, **kwargs: Any) -> dict[str, Any] | None:
         if failures["left"] > 0:
             failures["left"] -= 1
             raise ConnectionError("database went away")
-        return original_claim(database, lease_seconds)
+        return original_claim(database, lease_seconds, **kwargs)
 
     monkeypatch.setattr(outbox, "claim_next", flaky_claim)
     address = unique_email("survivor")

@@ -33,7 +33,7 @@ import random
 import signal
 import threading
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
@@ -94,13 +94,16 @@ def _settings(app: Flask) -> dict[str, float]:
     }
 
 
-def claim_next(database: Database, lease_seconds: float) -> dict[str, Any] | None:
-    """Atomically take one due message (or one whose lease expired); ``None`` when there is nothing to do."""
+def claim_next(database: Database, lease_seconds: float, due_by: datetime | None = None) -> dict[str, Any] | None:
+    """Atomically take one message due by ``due_by`` (default: now), or one whose lease expired.
+
+    ``None`` when there is nothing to do.
+    """
     now = utcnow()
     lease_until = now + timedelta(milliseconds=round(lease_seconds * 1000))  # whole ms, as BSON stores it
     return database.notifications.find_one_and_update(
         {"$or": [
-            {"status": PENDING, "nextAttemptAt": {"$lte": now}},
+            {"status": PENDING, "nextAttemptAt": {"$lte": due_by or now}},
             {"status": SENDING, "claimedUntil": {"$lte": now}},
         ]},
         {"$set": {"status": SENDING, "claimedUntil": lease_until},
@@ -182,16 +185,18 @@ def drain(app: Flask | None = None, *, limit: int | None = None,
           stop: threading.Event | None = None) -> DrainReport:
     """Deliver every message due now (at most ``limit``), in the caller's app context.
 
-    Messages that fail are rescheduled into the future, so a drain always ends. It also ends early when the
-    SMTP server is unreachable, or when ``stop`` is set.
+    Only messages due when the pass starts are taken, so a message that fails is tried at most once per pass
+    (however short its backoff) and a drain always ends. It also ends early when the SMTP server is
+    unreachable, or when ``stop`` is set.
     """
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
     database = db.get_db(app)
     lease = _settings(app)["lease"]
     report = DrainReport()
+    pass_started = utcnow()
     with mailer.Transport(app) as transport:
         while (limit is None or report.processed < limit) and not (stop is not None and stop.is_set()):
-            claimed = claim_next(database, lease)
+            claimed = claim_next(database, lease, due_by=pass_started)
             if claimed is None:
                 break
             try:

@@ -9,36 +9,25 @@ from __future__ import annotations
 import http.client
 import http.cookiejar
 import json
-import os
 import re
-import socket
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.gunicorn_process import GunicornProcess, running_gunicorn
+
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_EMAIL = "system-e2e@ledger.test"
 SYSTEM_PASSWORD = "system-e2e-password-1"
 BCRYPT_HASH = re.compile(r"\$2[aby]\$\d{2}\$")
-START_TIMEOUT_SECONDS = 30
 REQUEST_TIMEOUT_SECONDS = 10
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -54,13 +43,22 @@ class Reply:
 
 @dataclass
 class Server:
-    base_url: str
-    port: int
-    process: subprocess.Popen
-    log_path: Path
+    running: GunicornProcess
+
+    @property
+    def base_url(self) -> str:
+        return self.running.base_url
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    @property
+    def process(self) -> subprocess.Popen:
+        return self.running.process
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        return self.running.log_tail()
 
     def call(self, method: str, path: str, token: str | None = None, body: Any = None,
              headers: dict[str, str] | None = None) -> Reply:
@@ -86,52 +84,16 @@ class Server:
         return reply
 
 
-def wait_until_healthy(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"gunicorn exited with {server.process.returncode}:\n{server.log()}")
-        try:
-            with urllib.request.urlopen(f"{server.base_url}/health", timeout=1) as response:  # noqa: S310
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException):
-            time.sleep(0.1)
-    pytest.fail(f"gunicorn did not answer /health within {START_TIMEOUT_SECONDS}s:\n{server.log()}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_loopback_port()
-    environment = {key: value for key, value in os.environ.items()
-                   if key not in {"MONGO_URI", "MONGO_DB_NAME", "APP_ENV", "NODE_ENV", "LEDGER_TEST_MONGO_URI",
-                                  "MAIL_SERVER", "COOKIE_SECURE"}}
-    environment.update({
+    environment = {
         "JWT_SECRET": f"e2e-secret-{uuid.uuid4().hex}{uuid.uuid4().hex}",
         "SYSTEM_USER_EMAIL": SYSTEM_EMAIL,
         "SYSTEM_USER_PASSWORD": SYSTEM_PASSWORD,
         "SYSTEM_USER_NAME": "E2E System",
-        "PORT": str(port),
-        "BCRYPT_ROUNDS": "4",
-        "PYTHONUNBUFFERED": "1",
-    })
-    log_path = tmp_path_factory.mktemp("gunicorn") / "server.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(  # noqa: S603 - a fixed command line, no shell
-            [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "16", "-b", f"127.0.0.1:{port}", "wsgi:app"],
-            cwd=REPO_ROOT, env=environment, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    running = Server(f"http://127.0.0.1:{port}", port, process, log_path)
-    try:
-        wait_until_healthy(running)
-        yield running
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+    }
+    with running_gunicorn(tmp_path_factory.mktemp("gunicorn"), environment) as running:
+        yield Server(running)
 
 
 def new_email() -> str:

@@ -9,30 +9,24 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import random
-import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.gunicorn_process import GunicornProcess, running_gunicorn
+
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_EMAIL = "system-e2e-transfers@ledger.test"
 SYSTEM_PASSWORD = "system-e2e-transfers-1"
-START_TIMEOUT_SECONDS = 30
 INSUFFICIENT_PREFIX = "Insufficient balance. Available balance is "
 
 
@@ -79,72 +73,31 @@ class Client:
 
 @dataclass
 class Server:
-    port: int
-    process: subprocess.Popen
-    log_path: Path
+    running: GunicornProcess
+
+    @property
+    def port(self) -> int:
+        return self.running.port
 
     def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
+        return self.running.log_tail(3000)
 
     def client(self) -> Client:
         return Client(self.port)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"MONGO_URI", "MONGO_DB_NAME", "LEDGER_TEST_MONGO_URI", "APP_ENV", "NODE_ENV", "MAIL_SERVER"}}
-    env.update({
+    environment = {
         "JWT_SECRET": uuid.uuid4().hex * 2,
         "SYSTEM_USER_EMAIL": SYSTEM_EMAIL,
         "SYSTEM_USER_PASSWORD": SYSTEM_PASSWORD,
         "SYSTEM_USER_NAME": "E2E Transfers System",
-        "BCRYPT_ROUNDS": "4",
         # Request-rate limits have their own tests; here many requests come from one loopback address.
         "RATELIMIT_ENABLED": "false",
-        "PYTHONUNBUFFERED": "1",
-    })
-    log_path = tmp_path_factory.mktemp("gunicorn-transfers") / "server.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "16", "-b", f"127.0.0.1:{port}",
-             "wsgi:app"],
-            cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    running = Server(port, process, log_path)
-    try:
-        _wait_healthy(running)
-        yield running
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
-def _wait_healthy(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"gunicorn exited with {server.process.returncode}:\n{server.log_tail()}")
-        client = server.client()
-        try:
-            if client.call("GET", "/health").status == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-        finally:
-            client.close()
-    pytest.fail(f"gunicorn did not become healthy in {START_TIMEOUT_SECONDS}s:\n{server.log_tail()}")
+    }
+    with running_gunicorn(tmp_path_factory.mktemp("gunicorn-transfers"), environment) as running:
+        yield Server(running)
 
 
 class Bank:
@@ -285,4 +238,4 @@ def test_the_server_answers_json_for_every_error_it_produced(server, bank):
     reply = transfer(bank.client, token, bank.account(token), bank.account(token), "ten")
     assert reply.status == 400
     assert reply.body["status"] == "failed"
-    assert "Traceback" not in server.log_path.read_text(errors="replace")
+    assert "Traceback" not in server.running.log_path.read_text(errors="replace")

@@ -29,7 +29,7 @@ limiter = Limiter(key_func=get_remote_address)
 
 
 def client_address() -> str:
-    """The peer address (put ``ProxyFix`` or gunicorn's ``forwarded_allow_ips`` in front behind a proxy)."""
+    """The client address: the peer, or behind TRUSTED_PROXIES balancers the forwarded client address."""
     return "addr:" + get_remote_address()
 
 

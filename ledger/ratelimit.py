@@ -16,7 +16,7 @@ import hashlib
 import json
 from collections.abc import Callable
 
-from flask import Flask, current_app, request
+from flask import Flask, Response, current_app, request
 from flask_jwt_extended import get_jwt_identity
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -96,4 +96,19 @@ def init_app(app: Flask) -> None:
     of the process. The request filter above keeps a disabled app unlimited either way.
     """
     if app.config.get("RATELIMIT_ENABLED", True):
+        # Registered before the limiter's own hook, so it runs after it (Flask runs these in reverse order).
+        app.after_request(_retry_after_only_when_refused)
         limiter.init_app(app)
+
+
+_RETRYABLE_STATUSES = {409, 429, 503}
+
+
+def _retry_after_only_when_refused(response: Response) -> Response:
+    """flask-limiter sets ``Retry-After`` on every limited answer, successes included; keep it where it means
+    "try again later", and never let it say 0 seconds (in a window's last second it rounds down to 0)."""
+    if response.status_code not in _RETRYABLE_STATUSES:
+        response.headers.pop("Retry-After", None)
+    elif response.headers.get("Retry-After") == "0":
+        response.headers["Retry-After"] = "1"
+    return response

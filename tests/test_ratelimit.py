@@ -208,3 +208,21 @@ def test_an_unreachable_shared_storage_degrades_to_per_process_limits_instead_of
         drop_database(app)
 
     assert statuses == [401, 401, 429]
+
+
+def test_retry_after_appears_only_on_refusals_never_on_a_success():
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="2 per minute")
+    try:
+        client = app.test_client()
+        email = unique_email()
+        client.post("/api/auth/register", json={"email": email, "password": "password-123", "name": "R"})
+        first = client.post("/api/auth/login", json={"email": email, "password": "password-123"})
+        assert first.status_code == 200
+        assert "X-RateLimit-Limit" in first.headers
+        assert "Retry-After" not in first.headers
+        client.post("/api/auth/login", json={"email": email, "password": "password-123"})
+        refused = client.post("/api/auth/login", json={"email": email, "password": "password-123"})
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+    finally:
+        drop_database(app)

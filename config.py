@@ -99,9 +99,15 @@ class Config:
         self.RATELIMIT_STRATEGY = env("RATELIMIT_STRATEGY") or "moving-window"
         self.RATELIMIT_HEADERS_ENABLED = True
         self.RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True  # a dead shared storage degrades to per-process limits
+        # Per email (brute force on one account; repeated sign-ups of one address): strict.
         self.RATELIMIT_LOGIN = env("RATELIMIT_LOGIN") or "10 per minute;50 per hour"
         self.RATELIMIT_REGISTER = env("RATELIMIT_REGISTER") or "5 per minute;20 per hour"
-        self.RATELIMIT_TRANSFER = env("RATELIMIT_TRANSFER") or "120 per minute"
+        # Per client address (spraying many accounts, mass sign-up): looser, since one address may be a whole
+        # office behind NAT, or a proxy when TRUSTED_PROXIES is not set.
+        self.RATELIMIT_LOGIN_PER_ADDRESS = env("RATELIMIT_LOGIN_PER_ADDRESS") or "300 per minute;3000 per hour"
+        self.RATELIMIT_REGISTER_PER_ADDRESS = env("RATELIMIT_REGISTER_PER_ADDRESS") or "100 per minute;1000 per hour"
+        # Per authenticated user.
+        self.RATELIMIT_TRANSFER = env("RATELIMIT_TRANSFER") or "1200 per minute"
         # CORS is off unless an allow-list of origins is given (comma-separated, exact origins).
         self.CORS_ORIGINS = [o.strip() for o in (env("CORS_ORIGINS") or "").split(",") if o.strip()]
 

@@ -2,7 +2,8 @@
 
 The limiter is an unbound singleton bound in :func:`init_app`; its own settings come from the app config
 (``RATELIMIT_ENABLED``, ``RATELIMIT_STORAGE_URI``, ``RATELIMIT_STRATEGY``, ``RATELIMIT_HEADERS_ENABLED``, ...),
-and the limit strings from ``RATELIMIT_LOGIN``, ``RATELIMIT_REGISTER`` and ``RATELIMIT_TRANSFER``, read when a
+and the limit strings from ``RATELIMIT_LOGIN``/``RATELIMIT_REGISTER`` (per email),
+``RATELIMIT_LOGIN_PER_ADDRESS``/``RATELIMIT_REGISTER_PER_ADDRESS`` and ``RATELIMIT_TRANSFER`` (per user), read when a
 request is checked. Counters live in memory per process by default; ``RATELIMIT_STORAGE_URI`` (``redis://`` or
 ``mongodb://``) shares them between gunicorn workers and machines.
 
@@ -78,9 +79,10 @@ def _limits_switched_off() -> bool:
 limiter.request_filter(_limits_switched_off)
 
 #: Decorators for the views. Put them *below* ``@jwt_required()`` so the user key is a verified identity.
-login_per_address = limiter.limit(_configured("RATELIMIT_LOGIN"), key_func=client_address, scope="login-addr")
+login_per_address = limiter.limit(_configured("RATELIMIT_LOGIN_PER_ADDRESS"), key_func=client_address,
+                                  scope="login-addr")
 login_per_email = limiter.limit(_configured("RATELIMIT_LOGIN"), key_func=email_or_address, scope="login-email")
-register_per_address = limiter.limit(_configured("RATELIMIT_REGISTER"), key_func=client_address,
+register_per_address = limiter.limit(_configured("RATELIMIT_REGISTER_PER_ADDRESS"), key_func=client_address,
                                      scope="register-addr")
 register_per_email = limiter.limit(_configured("RATELIMIT_REGISTER"), key_func=email_or_address,
                                    scope="register-email")

@@ -95,6 +95,8 @@ def start_server(args: argparse.Namespace, log_path: Path) -> Server:
         "GUNICORN_THREADS": str(args.threads),
         # The limiter stays on (its cost is part of every request) with limits the benchmark never reaches.
         "RATELIMIT_LOGIN": "1000000 per minute",
+        "RATELIMIT_LOGIN_PER_ADDRESS": "1000000 per minute",
+        "RATELIMIT_REGISTER_PER_ADDRESS": "1000000 per minute",
         "RATELIMIT_REGISTER": "1000000 per minute",
         "RATELIMIT_TRANSFER": "1000000 per minute",
         "OUTBOX_SENDER_ENABLED": "true" if outbox_sender_on(args) else "false",

@@ -353,7 +353,7 @@ def test_indexes_missed_at_start_up_are_created_once_the_database_answers(monkey
 
 
 def test_behind_a_trusted_proxy_rate_limits_count_the_forwarded_client_address():
-    app = make_app(TRUSTED_PROXIES=1, RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="2 per minute")
+    app = make_app(TRUSTED_PROXIES=1, RATELIMIT_ENABLED=True, RATELIMIT_LOGIN_PER_ADDRESS="2 per minute")
     try:
         client = app.test_client()
 
@@ -368,7 +368,7 @@ def test_behind_a_trusted_proxy_rate_limits_count_the_forwarded_client_address()
 
 
 def test_without_trusted_proxies_a_forged_forwarded_header_cannot_dodge_the_limit():
-    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="2 per minute")
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN_PER_ADDRESS="2 per minute")
     try:
         client = app.test_client()
         codes = [client.post("/api/auth/login", json={"email": unique_email(), "password": "wrong-pass"},

@@ -23,6 +23,7 @@ ADDRESS_B = {"REMOTE_ADDR": "192.0.2.20"}
 @pytest.fixture
 def limited_app() -> Iterator[Flask]:
     app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="3 per minute", RATELIMIT_REGISTER="3 per minute",
+                   RATELIMIT_LOGIN_PER_ADDRESS="3 per minute", RATELIMIT_REGISTER_PER_ADDRESS="3 per minute",
                    RATELIMIT_TRANSFER="2 per minute")
     yield app
     drop_database(app)

@@ -12,11 +12,13 @@ class AuditReport:
     accounts: int = 0
     entries: int = 0
     total_balance_minor: int = 0
+    balance_by_currency: dict[str, int] = field(default_factory=dict)  # each must be 0 on its own
     problems: list[str] = field(default_factory=list)
 
 
 def verify() -> AuditReport:
-    """Check stored balance == credits - debits and seq == entry count for every account; sum of balances."""
+    """Check stored balance == credits - debits and seq == entry count for every account, and that the
+    balances of each currency sum to zero (a surplus in one currency cannot hide a deficit in another)."""
     database = db.get_db()
     report = AuditReport()
     sums: dict = {}
@@ -27,10 +29,12 @@ def verify() -> AuditReport:
         sums[entry["account"]] = (total + signed, count + 1)
         if entry["amount"] <= 0:
             report.problems.append(f"entry {entry['_id']} has a non-positive amount {entry['amount']}")
-    for account in database.accounts.find({}, {"balance": 1, "seq": 1}):
+    for account in database.accounts.find({}, {"balance": 1, "seq": 1, "currency": 1}):
         report.accounts += 1
         balance = account.get("balance", 0)
         report.total_balance_minor += balance
+        currency = account.get("currency", "INR")
+        report.balance_by_currency[currency] = report.balance_by_currency.get(currency, 0) + balance
         expected, count = sums.pop(account["_id"], (0, 0))
         if balance != expected:
             report.problems.append(f"account {account['_id']}: stored {balance}, ledger says {expected}")
@@ -38,4 +42,7 @@ def verify() -> AuditReport:
             report.problems.append(f"account {account['_id']}: seq {account.get('seq', 0)}, entries {count}")
     for orphan in sums:
         report.problems.append(f"entries reference missing account {orphan}")
+    for currency, total in sorted(report.balance_by_currency.items()):
+        if total != 0:
+            report.problems.append(f"{currency} balances sum to {total} minor units, not 0")
     return report

@@ -131,6 +131,7 @@ def _defer_startup(app: Flask) -> None:
             try:
                 with app.app_context():
                     db.ensure_indexes(db.get_db(app))
+                    db.mark_indexes_ready(app)
                     bootstrap_from_config(app)
             except (ConnectionFailure, db.DatabaseUnavailable) as exc:
                 app.logger.warning("start-up still pending: database unreachable (%s)", type(exc).__name__)

@@ -10,12 +10,13 @@ its forked workers would inherit; each worker builds its own after fork.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from flask import Flask, current_app
@@ -34,7 +35,12 @@ T = TypeVar("T")
 
 DEFAULT_DB_NAME = "banking-ledger"
 TRANSACTION_READ_CONCERN = ReadConcern("snapshot")
-TRANSACTION_WRITE_CONCERN = WriteConcern("majority")
+# wtimeout bounds the wait for a majority acknowledgement (a lagging or lost secondary): pymongo turns the
+# timeout into UnknownTransactionCommitResult, which run_in_transaction retries until its deadline, then 503.
+TRANSACTION_WRITE_CONCERN = WriteConcern("majority", wtimeout=5000)
+# No single socket read may hang a request thread for ever (a silently dead connection).
+SOCKET_TIMEOUT_MS = 20000
+INDEX_RECHECK_SECONDS = 5.0
 
 TRANSIENT_LABEL = "TransientTransactionError"
 UNKNOWN_COMMIT_LABEL = "UnknownTransactionCommitResult"
@@ -94,6 +100,7 @@ def _create_client(uri: str | None) -> Any:
         retryWrites=True,
         retryReads=True,
         serverSelectionTimeoutMS=5000,
+        socketTimeoutMS=SOCKET_TIMEOUT_MS,
         appname="banking-ledger",
     )
 
@@ -170,6 +177,34 @@ def _index_signature(keys: Any, options: dict[str, Any]) -> tuple:
                             for name in _INDEX_OPTIONS)
 
 
+def mark_indexes_ready(app: Flask) -> None:
+    app.extensions["ledger.indexes"] = {"ready": True, "checked": time.monotonic()}
+
+
+def require_indexes(app: Flask | None = None) -> None:
+    """Refuse (503) writes whose safety rests on unique indexes until every declared index exists.
+
+    Without ``(initiator, idempotencyKey)`` two requests with one key could both move money; without the
+    unique email two concurrent sign-ups could share an address. Start-up marks the indexes ready once it has
+    created them; until then (database unreachable at boot, or a Node-era database not yet migrated) this
+    looks again at most every INDEX_RECHECK_SECONDS, so the service opens by itself once they appear. When the
+    indexes are ready it costs no database command.
+    """
+    app = app or current_app
+    state = app.extensions.setdefault("ledger.indexes", {"ready": False, "checked": float("-inf")})
+    if state["ready"]:
+        return
+    now = time.monotonic()
+    if now - state["checked"] >= INDEX_RECHECK_SECONDS:
+        state["checked"] = now
+        try:
+            state["ready"] = not missing_indexes(get_db(app))
+        except PyMongoError:
+            state["ready"] = False
+    if not state["ready"]:
+        raise DatabaseUnavailable("the database indexes are not in place yet")
+
+
 def missing_indexes(db: Database) -> list[str]:
     """Names of declared indexes the database does not have (same keys, uniqueness, sparseness and TTL)."""
     missing = []
@@ -190,13 +225,17 @@ def check_replica_set(client: MongoClient) -> dict:
         hello = client.admin.command("hello")
     except ConnectionFailure as exc:
         raise DatabaseUnavailable("the database did not answer") from exc
+    if hello.get("isreplicaset") and not hello.get("setName"):
+        raise DatabaseUnavailable("the replica set member is not initiated yet (run rs.initiate())")
     if not hello.get("setName") and hello.get("msg") != "isdbgrid":
         raise NotAReplicaSet(
             "MONGO_URI points at a standalone MongoDB server: multi-document transactions need a replica set "
             "(start mongod with --replSet and run rs.initiate(), or use the docker-compose.yml replica set)"
         )
-    if hello.get("setName") and not (hello.get("isWritablePrimary") or hello.get("primary")):
-        raise DatabaseUnavailable("the replica set has no primary")
+    if hello.get("setName") and not hello.get("isWritablePrimary"):
+        # With a replicaSet= URI the command goes to the primary; a member that is not writable means there is
+        # none, or a directConnection URI names a secondary. Either way writes would fail.
+        raise DatabaseUnavailable("the replica set has no writable primary here")
     return hello
 
 
@@ -325,6 +364,28 @@ def _backoff_or_give_up(
     time.sleep(delay)
 
 
+@contextlib.contextmanager
+def consistent_reads(app: Flask | None = None) -> Iterator[ClientSession]:
+    """A session whose reads all see one point in time, for audits that scan several collections.
+
+    On MongoDB this is a snapshot session (server 5.0+; the scan must finish within
+    ``minSnapshotHistoryWindowInSeconds``, 300 s by default); on the embedded engine, a transaction, which
+    holds the engine's lock so no write lands between the reads. Read only: nothing is committed.
+    """
+    app = app or current_app
+    client = get_client(app)
+    if is_embedded(app):
+        with client.start_session() as session:
+            session.start_transaction()
+            try:
+                yield session
+            finally:
+                _abort_quietly(session)
+    else:
+        with client.start_session(snapshot=True) as session:
+            yield session
+
+
 # ------------------------------------------------------------------------------------- app wiring
 
 
@@ -380,6 +441,7 @@ def init_app(app: Flask) -> None:
         check_replica_set(get_client(app))
     try:
         ensure_indexes(get_db(app))
+        mark_indexes_ready(app)
     except OperationFailure as exc:
         # A database the Node service wrote cannot take the (account, seq) unique index until it is migrated.
         # Start anyway, so `flask --app wsgi migrate-node-db` can run; /ready answers 503 until the indexes exist.

@@ -16,6 +16,8 @@ from flask_limiter.errors import RateLimitExceeded
 from pymongo.errors import ConnectionFailure, PyMongoError
 from werkzeug.exceptions import HTTPException
 
+from ledger.db import DatabaseUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -208,6 +210,12 @@ def register_error_handlers(app: Flask) -> None:
         if status == 429 and not isinstance(exc, RateLimitExceeded) and "Retry-After" not in headers:
             headers["Retry-After"] = "60"  # flask-limiter's own 429s get the exact value in its after-request hook
         return error_response(status, message, headers=headers)
+
+    @app.errorhandler(DatabaseUnavailable)
+    def _database_not_ready(exc: DatabaseUnavailable) -> Response:
+        # No primary, indexes not in place yet, or transaction retries exhausted: a retry later will do.
+        log.warning("database unavailable: %s", exc)
+        return error_response(503, ServiceUnavailable.message, headers={"Retry-After": "2"})
 
     @app.errorhandler(ConnectionFailure)
     def _database_unreachable(exc: ConnectionFailure) -> Response:

@@ -112,7 +112,7 @@ def test_ready_answers_503_when_the_replica_set_has_no_primary(client, as_mongod
     response = client.get("/ready")
 
     assert response.status_code == 503
-    assert response.get_json()["error"] == "the replica set has no primary"
+    assert response.get_json()["error"] == "the replica set has no writable primary here"
 
 
 def test_ready_answers_503_when_the_server_cannot_be_reached(client, as_mongodb):
@@ -133,11 +133,21 @@ def test_a_standalone_server_is_refused_with_a_message_that_says_how_to_fix_it()
 
 @pytest.mark.parametrize("hello", [
     {"setName": "rs0", "isWritablePrimary": True},
-    {"setName": "rs0", "isWritablePrimary": False, "primary": "mongo1:27017"},
     {"msg": "isdbgrid", "isWritablePrimary": True},
-], ids=["primary", "secondary-that-knows-the-primary", "mongos"])
-def test_replica_set_members_and_mongos_are_accepted(hello):
+], ids=["primary", "mongos"])
+def test_a_writable_primary_and_mongos_are_accepted(hello):
     assert db.check_replica_set(FakeClient(hello)) == hello
+
+
+@pytest.mark.parametrize("hello", [
+    # A directConnection URI naming a secondary: it knows the primary, but every write here would fail.
+    {"setName": "rs0", "isWritablePrimary": False, "secondary": True, "primary": "mongo1:27017"},
+    # Started with --replSet but rs.initiate() has not run yet: wait for it rather than refuse to start.
+    {"isreplicaset": True, "isWritablePrimary": False},
+], ids=["secondary-that-knows-the-primary", "member-not-initiated"])
+def test_a_member_that_cannot_take_writes_is_unavailable_not_refused(hello):
+    with pytest.raises(db.DatabaseUnavailable):
+        db.check_replica_set(FakeClient(hello))
 
 
 def test_a_server_that_does_not_answer_is_unavailable_rather_than_refused():

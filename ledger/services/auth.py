@@ -34,6 +34,7 @@ def issue_token(user_id: ObjectId | str) -> str:
 
 def register(email: str, password: str, name: str) -> tuple[dict[str, Any], str]:
     """Create a user (and its welcome email, in the same transaction); return it with a fresh token."""
+    db.require_indexes()  # the unique email index is what makes a concurrent duplicate a 422
     password_hash = hash_password(password)
     now = utcnow()
     user = to_document(User, email=email, name=name, password=password_hash, systemUser=False,

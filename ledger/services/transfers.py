@@ -97,6 +97,7 @@ def transfer(initiator: dict[str, Any], from_id: ObjectId, to_id: ObjectId, amou
     if from_id == to_id:
         raise ValidationFailed("fromAccount and toAccount must be different accounts",
                                errors={"toAccount": "must differ from fromAccount"})
+    db.require_indexes()
     initiator_id = initiator["_id"]
     request_fingerprint = fingerprint(TRANSFER, from_id, to_id, amount)
 
@@ -143,6 +144,7 @@ def _transfer_rule_violation(source: dict, target: dict, amount_minor: int) -> B
 
 def fund(system_user: dict[str, Any], to_id: ObjectId, amount: Decimal, key: str) -> TransferResult:
     """Credit ``to_id`` from the system user's account in its currency (created on first use)."""
+    db.require_indexes()
     system_id = system_user["_id"]
     request_fingerprint = fingerprint(INITIAL_FUNDS, "system", to_id, amount)
 
@@ -275,8 +277,11 @@ def _is_idempotency_key_violation(exc: DuplicateKeyError) -> bool:
     details = exc.details or {}
     pattern = details.get("keyPattern") or {}
     if pattern:
-        return "idempotencyKey" in pattern
-    return "idempotencyKey" in str(details.get("errmsg", "")) or "idempotencyKey" in str(exc)
+        # Our caller-scoped index only: the Node service's global idempotencyKey index (before migration)
+        # would send us looking for a record under this caller that does not exist.
+        return "initiator" in pattern and "idempotencyKey" in pattern
+    index_name = "initiator_1_idempotencyKey_1"
+    return index_name in str(details.get("errmsg", "")) or index_name in str(exc)
 
 
 def _replay(initiator_id: ObjectId, key: str, request_fingerprint: str) -> TransferResult:

@@ -376,3 +376,18 @@ def test_without_trusted_proxies_a_forged_forwarded_header_cannot_dodge_the_limi
         assert codes == [401, 401, 429]
     finally:
         drop_database(app)
+
+
+def test_a_second_system_user_is_refused_with_the_name_of_the_first(app, runner):
+    result = runner.invoke(args=["create-system-user", "--email", "second-system@ledger.test", "--name", "Second",
+                                 "--password", "second-password-1"])
+
+    assert result.exit_code != 0
+    assert f"already belongs to the system user {SYSTEM_EMAIL}" in result.output
+    with app.app_context():
+        assert db.get_db().users.find_one({"email": "second-system@ledger.test"}) is None
+
+
+def test_start_up_with_a_changed_system_email_fails_loudly_instead_of_crashing_obscurely(app):
+    with pytest.raises(SystemUserConflict, match="already belongs to the system user"):
+        make_app(MONGO_DB_NAME=app.config["MONGO_DB_NAME"], SYSTEM_USER_EMAIL="renamed-system@ledger.test")

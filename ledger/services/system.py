@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
@@ -18,7 +17,8 @@ log = logging.getLogger(__name__)
 
 
 class SystemUserConflict(RuntimeError):
-    """The email belongs to an ordinary user; it is never silently promoted."""
+    """The email belongs to an ordinary user (never silently promoted), or another system user already holds
+    the system account of that currency (one system account per currency, one system user in practice)."""
 
 
 def ensure_system_user(email: str, password: str, name: str, currency: str = DEFAULT_CURRENCY) -> tuple[dict, bool]:
@@ -42,9 +42,23 @@ def ensure_system_user(email: str, password: str, name: str, currency: str = DEF
 
     try:
         db.run_in_transaction(create)
-    except DuplicateKeyError:  # another worker bootstrapped it at the same moment
-        return database.users.find_one({"email": email}), False
+    except DuplicateKeyError as exc:
+        winner = database.users.find_one({"email": email})
+        if winner is not None and winner.get("systemUser"):  # another worker bootstrapped it at the same moment
+            return winner, False
+        raise _currency_taken(currency, email) from exc
     return user, True
+
+
+def _currency_taken(currency: str, email: str) -> SystemUserConflict:
+    database = db.get_db()
+    holder = database.accounts.find_one({"systemCurrency": currency}, {"user": 1})
+    owner = database.users.find_one({"_id": holder["user"]}, {"email": 1}) if holder else None
+    owner_email = owner["email"] if owner else "another user"
+    return SystemUserConflict(
+        f"the {currency} system account already belongs to the system user {owner_email}; refusing to make "
+        f"{email} a second one (set SYSTEM_USER_EMAIL back to {owner_email})"
+    )
 
 
 def _ensure_system_account(user: dict[str, Any], currency: str) -> None:
@@ -54,8 +68,13 @@ def _ensure_system_account(user: dict[str, Any], currency: str) -> None:
     now = utcnow()
     account = to_document(Account, user=user["_id"], status="ACTIVE", currency=currency, balance=0, seq=0,
                           systemUser=True, systemCurrency=currency, createdAt=now, updatedAt=now)
-    with contextlib.suppress(DuplicateKeyError):  # a concurrent start-up created it first
+    try:
         database.accounts.insert_one(account)
+    except DuplicateKeyError as exc:
+        holder = database.accounts.find_one({"systemCurrency": currency}, {"user": 1})
+        if holder is None or holder["user"] != user["_id"]:
+            raise _currency_taken(currency, user["email"]) from exc
+        # else: a concurrent start-up created this user's account first
 
 
 def bootstrap_from_config(app: Any) -> None:

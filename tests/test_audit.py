@@ -7,6 +7,7 @@ from bson import ObjectId
 from ledger import db
 from ledger.models import utcnow
 from ledger.services import audit
+from tests.conftest import Api
 
 
 def _account_with_one_entry(database, currency: str, entry_type: str, amount: int) -> None:
@@ -56,3 +57,29 @@ def test_verify_ledger_command_passes_after_real_traffic(api, runner):
 
     assert result.exit_code == 0, result.output
     assert "ledger OK" in result.output
+
+
+def test_an_audit_reads_one_point_in_time_while_transfers_wait(app, api):
+    import threading
+
+    _, alice = api.user()
+    _, bob = api.user()
+    source = api.funded_account(alice, 100)
+    target = api.open_account(bob)
+    done = threading.Event()
+
+    def transfer_meanwhile():
+        client = Api(app.test_client())
+        assert client.transfer(alice, source, target, 1).status_code == 200
+        done.set()
+
+    with app.app_context(), db.consistent_reads() as session:
+        worker = threading.Thread(target=transfer_meanwhile)
+        worker.start()
+        first = db.get_db().accounts.find_one({"_id": ObjectId(source)}, session=session)["balance"]
+        assert not done.wait(0.3)  # the transfer cannot commit between the audit's reads
+        again = db.get_db().accounts.find_one({"_id": ObjectId(source)}, session=session)["balance"]
+        assert first == again == 10000
+    worker.join(timeout=10)
+    assert done.is_set()
+    assert api.balance(alice, source) == 99

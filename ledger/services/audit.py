@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ledger import db
 
@@ -19,17 +20,21 @@ class AuditReport:
 def verify() -> AuditReport:
     """Check stored balance == credits - debits and seq == entry count for every account, and that the
     balances of each currency sum to zero (a surplus in one currency cannot hide a deficit in another)."""
-    database = db.get_db()
+    with db.consistent_reads() as session:  # transfers may commit while we read: one point in time for all
+        return _verify(db.get_db(), session)
+
+
+def _verify(database: Any, session: Any) -> AuditReport:
     report = AuditReport()
     sums: dict = {}
-    for entry in database.ledgers.find({}, {"account": 1, "type": 1, "amount": 1}):
+    for entry in database.ledgers.find({}, {"account": 1, "type": 1, "amount": 1}, session=session):
         report.entries += 1
         signed = entry["amount"] if entry["type"] == "CREDIT" else -entry["amount"]
         total, count = sums.get(entry["account"], (0, 0))
         sums[entry["account"]] = (total + signed, count + 1)
         if entry["amount"] <= 0:
             report.problems.append(f"entry {entry['_id']} has a non-positive amount {entry['amount']}")
-    for account in database.accounts.find({}, {"balance": 1, "seq": 1, "currency": 1}):
+    for account in database.accounts.find({}, {"balance": 1, "seq": 1, "currency": 1}, session=session):
         report.accounts += 1
         balance = account.get("balance", 0)
         report.total_balance_minor += balance

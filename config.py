@@ -28,6 +28,14 @@ def _env_int(name: str, default: int) -> int:
         raise RuntimeError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _storage_timeouts(uri: str) -> dict[str, float]:
+    if uri.startswith("mongodb"):
+        return {"serverSelectionTimeoutMS": 500, "connectTimeoutMS": 1000, "socketTimeoutMS": 1000}
+    if uri.startswith(("redis", "rediss")):
+        return {"socket_timeout": 1, "socket_connect_timeout": 1}
+    return {}
+
+
 class ConfigurationError(RuntimeError):
     """Raised at start-up when the environment cannot produce a safe configuration."""
 
@@ -96,6 +104,9 @@ class Config:
         # RATELIMIT_STORAGE_URI=redis://... or mongodb://... to share the counters between workers and machines.
         self.RATELIMIT_ENABLED = _env_bool("RATELIMIT_ENABLED", True)
         self.RATELIMIT_STORAGE_URI = env("RATELIMIT_STORAGE_URI") or "memory://"
+        # A shared store that stops answering must cost a request milliseconds, not the drivers' 30 s default,
+        # before the limiter falls back to memory.
+        self.RATELIMIT_STORAGE_OPTIONS = _storage_timeouts(self.RATELIMIT_STORAGE_URI)
         self.RATELIMIT_STRATEGY = env("RATELIMIT_STRATEGY") or "moving-window"
         self.RATELIMIT_HEADERS_ENABLED = True
         self.RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True  # a dead shared storage degrades to per-process limits

@@ -227,3 +227,15 @@ def test_retry_after_appears_only_on_refusals_never_on_a_success():
         assert int(refused.headers["Retry-After"]) >= 1
     finally:
         drop_database(app)
+
+
+@pytest.mark.parametrize(("uri", "option"), [
+    ("mongodb://127.0.0.1:1/limits", "serverSelectionTimeoutMS"),
+    ("redis://127.0.0.1:1/0", "socket_timeout"),
+])
+def test_a_shared_limit_store_gets_short_timeouts_so_an_outage_cannot_stall_requests(monkeypatch, uri, option):
+    monkeypatch.setenv("RATELIMIT_STORAGE_URI", uri)
+
+    options = load_config("development").RATELIMIT_STORAGE_OPTIONS
+
+    assert 0 < options[option] <= 1000

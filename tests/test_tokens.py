@@ -14,6 +14,7 @@ import pytest
 from bson import ObjectId
 
 from ledger import db
+from ledger.services.auth import REVOCATION_CLOCK_MARGIN
 
 PROTECTED = "/api/accounts"
 INVALID = "Unauthorized, token is invalid"
@@ -224,7 +225,7 @@ def test_the_blocklist_stores_a_sha256_of_the_token_until_the_tokens_own_expiry(
     expires_at = entry["expiresAt"]
     if expires_at.tzinfo is None:
         expires_at = expires_at.replace(tzinfo=UTC)
-    assert expires_at == datetime.fromtimestamp(claims["exp"], tz=UTC)
+    assert expires_at == datetime.fromtimestamp(claims["exp"], tz=UTC) + REVOCATION_CLOCK_MARGIN
 
 
 def test_a_node_token_revocation_lasts_until_its_exp_not_three_days(app, api):
@@ -235,7 +236,7 @@ def test_a_node_token_revocation_lasts_until_its_exp_not_three_days(app, api):
     with app.app_context():
         entry = db.get_db().tokenblacklists.find_one({"tokenHash": hashlib.sha256(token.encode()).hexdigest()})
     expires_at = entry["expiresAt"].replace(tzinfo=UTC) if entry["expiresAt"].tzinfo is None else entry["expiresAt"]
-    assert expires_at == datetime.fromtimestamp(issued + 7 * 24 * 3600, tz=UTC)
+    assert expires_at == datetime.fromtimestamp(issued + 7 * 24 * 3600, tz=UTC) + REVOCATION_CLOCK_MARGIN
 
 
 def test_logging_out_twice_stores_one_blocklist_entry(app, api):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -19,6 +19,8 @@ from ledger.security import hash_password, token_hash, verify_password
 from ledger.services import notifications
 
 log = logging.getLogger(__name__)
+
+REVOCATION_CLOCK_MARGIN = timedelta(minutes=5)
 
 PUBLIC_USER_FIELDS = {"_id": 1, "email": 1, "name": 1, "systemUser": 1}
 
@@ -79,7 +81,9 @@ def revoke(encoded_tokens: list[str]) -> int:
             payload = decode_token(encoded, allow_expired=False)
         except Exception:  # noqa: BLE001, S112 - an invalid or expired token has nothing left to revoke
             continue
-        expires_at = datetime.fromtimestamp(int(payload["exp"]), tz=UTC)
+        # The TTL monitor deletes by the database server's clock, the token expires by ours: a margin keeps a
+        # clock skew between them from ending a revocation before the token itself expires.
+        expires_at = datetime.fromtimestamp(int(payload["exp"]), tz=UTC) + REVOCATION_CLOCK_MARGIN
         identity = payload.get(current_app.config["JWT_IDENTITY_CLAIM"])
         entry = to_document(TokenBlacklist, tokenHash=token_hash(encoded), expiresAt=expires_at,
                             userId=str(identity) if identity is not None else None, createdAt=utcnow())

@@ -21,8 +21,8 @@ service reads and writes. The migration, in this order:
    transaction with no ledger entries never moved money: it becomes ``FAILED`` with a reason, so its key replays
    that outcome instead of ever moving money later.
 5. **Blocklist**: each raw-token entry becomes a SHA-256 ``tokenHash`` with ``expiresAt`` = the token's own
-   ``exp`` (read without verifying the signature); entries already expired or undecodable are dropped, since
-   they revoke nothing. The raw token is removed.
+   ``exp`` (read without verifying the signature) plus the clock-skew margin a logout gets; entries already
+   expired or undecodable are dropped, since they revoke nothing. The raw token is removed.
 6. **Indexes in**: the declared indexes (:func:`ledger.db.ensure_indexes`), then the ledger is verified
    (:func:`ledger.services.audit.verify`).
 
@@ -64,6 +64,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from ledger import db
 from ledger.money import CURRENCY_EXPONENTS, DEFAULT_CURRENCY
 from ledger.security import token_hash
+from ledger.services.auth import REVOCATION_CLOCK_MARGIN
 from ledger.services.transfers import INITIAL_FUNDS, TRANSFER, fingerprint
 
 ENTRY_BATCH = 500  # ledger entries written per transaction
@@ -584,7 +585,8 @@ class NodeMigration:
                 self.db.tokenblacklists.delete_one({"_id": entry["_id"], "token": {"$exists": True}})
             return
         hashed = token_hash(raw)
-        update: dict[str, Any] = {"tokenHash": hashed, "expiresAt": expires_at}
+        # Same rule as a logout today: the entry outlives the token by the clock-skew margin.
+        update: dict[str, Any] = {"tokenHash": hashed, "expiresAt": expires_at + REVOCATION_CLOCK_MARGIN}
         if payload.get("userId") is not None:
             update["userId"] = str(payload["userId"])
         if not entry.get("createdAt"):

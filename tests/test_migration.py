@@ -26,6 +26,7 @@ from ledger import db
 from ledger.migrate import INCOMPLETE_FAILURE, UnusableAmount, major_to_minor
 from ledger.security import token_hash
 from ledger.services.audit import verify
+from ledger.services.auth import REVOCATION_CLOCK_MARGIN
 from tests.conftest import Api, drop_database, make_app
 
 NO_SYSTEM_USER = {"SYSTEM_USER_EMAIL": None, "SYSTEM_USER_PASSWORD": None, "SYSTEM_USER_NAME": None}
@@ -274,7 +275,7 @@ def test_a_token_revoked_in_the_node_service_stays_revoked_by_its_hash(node_app)
     assert "token" not in entry
     assert entry["tokenHash"] == token_hash(node.bob_token)
     exp = pyjwt.decode(node.bob_token, options={"verify_signature": False})["exp"]
-    assert entry["expiresAt"].replace(tzinfo=UTC) == datetime.fromtimestamp(exp, tz=UTC)
+    assert entry["expiresAt"].replace(tzinfo=UTC) == datetime.fromtimestamp(exp, tz=UTC) + REVOCATION_CLOCK_MARGIN
 
 
 def test_node_indexes_give_way_to_the_declared_ones(node_app):

@@ -390,8 +390,10 @@ def consistent_reads(app: Flask | None = None) -> Iterator[ClientSession]:
 
 
 class _SharedClient:
-    """The process client as mongoengine sees it: resolved on each use (fork-safe), never closed by it.
+    """The process client as mongoengine sees it, never closed by it.
 
+    Each lookup goes to :data:`_holder` (so the client is this process's), but mongoengine caches the database
+    and collections it gets on first use: after :func:`reset_client`, call :func:`bind_models` again.
     ``mongoengine.disconnect`` closes the client it holds, and closing mongomock-ng's client wipes every
     database; the service's client belongs to :data:`_holder`, so ``close`` here does nothing.
     """

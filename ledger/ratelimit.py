@@ -81,7 +81,10 @@ limiter.request_filter(_limits_switched_off)
 #: Decorators for the views. Put them *below* ``@jwt_required()`` so the user key is a verified identity.
 login_per_address = limiter.limit(_configured("RATELIMIT_LOGIN_PER_ADDRESS"), key_func=client_address,
                                   scope="login-addr")
-login_per_email = limiter.limit(_configured("RATELIMIT_LOGIN"), key_func=email_or_address, scope="login-email")
+# Per email only failed logins count: a lockout is for guessing, not for a user (or a client suite) that logs in
+# often with the right password.
+login_per_email = limiter.limit(_configured("RATELIMIT_LOGIN"), key_func=email_or_address, scope="login-email",
+                                deduct_when=lambda response: response.status_code == 401)
 register_per_address = limiter.limit(_configured("RATELIMIT_REGISTER_PER_ADDRESS"), key_func=client_address,
                                      scope="register-addr")
 register_per_email = limiter.limit(_configured("RATELIMIT_REGISTER"), key_func=email_or_address,

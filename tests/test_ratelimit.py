@@ -221,10 +221,27 @@ def test_retry_after_appears_only_on_refusals_never_on_a_success():
         assert first.status_code == 200
         assert "X-RateLimit-Limit" in first.headers
         assert "Retry-After" not in first.headers
-        client.post("/api/auth/login", json={"email": email, "password": "password-123"})
+        wrong = [client.post("/api/auth/login", json={"email": email, "password": "wrong-password"}).status_code
+                 for _ in range(2)]
         refused = client.post("/api/auth/login", json={"email": email, "password": "password-123"})
+        assert wrong == [401, 401]
         assert refused.status_code == 429
         assert int(refused.headers["Retry-After"]) >= 1
+    finally:
+        drop_database(app)
+
+
+def test_successful_logins_do_not_use_up_the_per_email_lockout():
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="2 per minute")
+    try:
+        client = app.test_client()
+        email = unique_email()
+        client.post("/api/auth/register", json={"email": email, "password": "password-123", "name": "Often"})
+
+        statuses = [client.post("/api/auth/login", json={"email": email, "password": "password-123"}).status_code
+                    for _ in range(6)]
+
+        assert statuses == [200] * 6
     finally:
         drop_database(app)
 

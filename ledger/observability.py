@@ -87,7 +87,7 @@ def init_app(app: Flask) -> None:
             response.headers.setdefault("Strict-Transport-Security", HSTS)
         if current_app.config.get("CORS_ORIGINS"):
             _apply_cors(response, current_app.config["CORS_ORIGINS"])
-        if request.path.startswith("/api"):
+        if request.path.startswith("/api") and not g.get("cacheable_response"):  # only /api/docs assets are
             response.headers["Cache-Control"] = "no-store"
         started = getattr(g, "started", None)
         duration = time.perf_counter() - started if started is not None else 0.0

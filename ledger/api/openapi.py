@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 from werkzeug.routing import Rule
 
 from ledger import money, validation
+from ledger.api import docs
 
 bp = Blueprint("openapi", __name__)
 
@@ -290,7 +291,11 @@ _TRANSFER_HEADERS = {"Idempotent-Replayed": _ref("headers", "Idempotent-Replayed
 OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "ops.welcome": {"get": {
         "tags": ["operations"], "operationId": "welcome", "summary": "Welcome text", "security": PUBLIC,
-        "responses": {"200": _ok("`Welcome to the banking app`", media="text/plain")},
+        "description": "`text/plain` unless the client prefers `text/html` (a browser), which gets the same "
+                       "sentence with links to `/api/docs` and `/api/openapi.json`.",
+        "responses": {"200": {**_ok("`Welcome to the banking app`", media="text/plain"),
+                              "content": {"text/plain": {"schema": {"type": "string"}},
+                                          "text/html": {"schema": {"type": "string"}}}}},
     }},
     "ops.live": {"get": {
         "tags": ["operations"], "operationId": "health", "summary": "Liveness", "security": PUBLIC,
@@ -309,6 +314,28 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "openapi.document": {"get": {
         "tags": ["operations"], "operationId": "openapi", "summary": "This OpenAPI document", "security": PUBLIC,
         "responses": {"200": _ok("OpenAPI 3.0 document.")},
+    }},
+    "docs.page": {"get": {
+        "tags": ["operations"], "operationId": "apiDocs", "summary": "Interactive documentation (Swagger UI)",
+        "security": PUBLIC,
+        "description": "An HTML page rendering this document; \"Try it out\" calls this server. Its assets are "
+                       "served by this server (no CDN); its Content-Security-Policy allows this origin only.",
+        "responses": {"200": _ok("The HTML page.", media="text/html")},
+    }},
+    "docs.asset": {"get": {
+        "tags": ["operations"], "operationId": "apiDocsAsset", "summary": "A file of the documentation page",
+        "security": PUBLIC,
+        "parameters": [{"name": "v", "in": "query", "required": False, "schema": {"type": "string"},
+                        "description": "The file's content hash (its ETag). When it matches, the answer is "
+                                       "`Cache-Control: public, max-age=31536000, immutable`; otherwise "
+                                       "`no-cache`."}],
+        "responses": {"200": {"description": "The file.", "headers": {**_REQUEST_ID, "ETag": {"schema": {
+                                  "type": "string"}}, "Cache-Control": {"schema": {"type": "string"}}},
+                              "content": {media: {"schema": {"type": "string"}}
+                                          for media in ("text/javascript", "text/css", "image/png")}},
+                      "304": {"description": "Not modified (If-None-Match named the current ETag).",
+                              "headers": _REQUEST_ID},
+                      **_errors(404)},
     }},
     "auth.register": {"post": {
         "tags": ["auth"], "operationId": "register", "summary": "Create a user and log in", "security": PUBLIC,
@@ -389,7 +416,8 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     }},
 }
 
-_PATH_PARAMETER_SCHEMAS = {"account_id": _schema("ObjectId"), "user_id": _schema("ObjectId")}
+_PATH_PARAMETER_SCHEMAS = {"account_id": _schema("ObjectId"), "user_id": _schema("ObjectId"),
+                           "asset_name": {"type": "string", "enum": list(docs.ASSET_NAMES)}}
 
 
 # ----------------------------------------------------------------------------------------- building
@@ -423,7 +451,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
             "in major units; ids are 24-hex ObjectIds; every error is `{message, status: \"failed\"}`. Any "
             "method a path does not list answers 405 with `Allow`; unknown paths answer 404. Bodies over "
             "100 KB answer 413, JSON nested deeper than 32 levels answers 400. Every response carries "
-            "X-Request-ID; every /api response carries `Cache-Control: no-store`."
+            "X-Request-ID; every /api response but the files of `/api/docs` carries `Cache-Control: no-store`."
         )},
         tags=[{"name": "auth"}, {"name": "accounts"}, {"name": "transactions"}, {"name": "operations"}],
         security=AUTHENTICATED,

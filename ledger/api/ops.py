@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
 
 from ledger import metrics
 from ledger.services import health
@@ -10,9 +10,19 @@ from ledger.services import health
 bp = Blueprint("ops", __name__)
 
 
+WELCOME = "Welcome to the banking app"
+
+
 @bp.get("/")
 def welcome():
-    return Response("Welcome to the banking app", mimetype="text/plain")
+    """The Node service's plain-text welcome; a browser (which prefers HTML) gets it with links to the docs."""
+    if request.accept_mimetypes.best_match(["text/plain", "text/html"]) == "text/html":
+        response = Response(render_template("docs/welcome.html", text=WELCOME, docs_url=url_for("docs.page"),
+                                            spec_url=url_for("openapi.document")), mimetype="text/html")
+    else:
+        response = Response(WELCOME, mimetype="text/plain")
+    response.vary.add("Accept")
+    return response
 
 
 @bp.get("/health")

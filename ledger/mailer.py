@@ -28,6 +28,7 @@ and records the outcome. Nothing here runs on the request path.
 
 from __future__ import annotations
 
+import functools
 import logging
 import smtplib
 import ssl
@@ -216,6 +217,12 @@ def _message_id(app: Flask, notification: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------- transport
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One certificate-verifying context per process (loading the trust store costs ~0.1 s per connection)."""
+    return ssl.create_default_context()
+
+
 class _TimedConnection(Connection):
     """flask-mail's connection, opened with a timeout and a verifying TLS context."""
 
@@ -225,16 +232,15 @@ class _TimedConnection(Connection):
 
     def configure_host(self) -> smtplib.SMTP:
         state = self.mail
-        context = ssl.create_default_context()
         host: smtplib.SMTP
         if state.use_ssl:
-            host = smtplib.SMTP_SSL(state.server, state.port, timeout=self.timeout, context=context)
+            host = smtplib.SMTP_SSL(state.server, state.port, timeout=self.timeout, context=_tls_context())
         else:
             host = smtplib.SMTP(state.server, state.port, timeout=self.timeout)
         try:
             host.ehlo_or_helo_if_needed()  # here, so a refused HELO is a connection failure
             if state.use_tls:
-                host.starttls(context=context)
+                host.starttls(context=_tls_context())
             if state.username and state.password:
                 host.login(state.username, state.password)
         except BaseException:

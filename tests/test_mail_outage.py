@@ -48,7 +48,7 @@ REAL_SETTINGS = {
     "OUTBOX_TRANSPORT_BACKOFF_MAX_SECONDS": 300,
     "MAIL_TIMEOUT_SECONDS": 0.1,
 }
-OUTAGE_HOURS = 4
+OUTAGE_HOURS = 3
 
 
 class FakeClock:
@@ -204,7 +204,7 @@ def test_hours_of_smtp_outage_park_nothing_and_every_message_arrives_exactly_onc
             if rng.random() < 0.01:  # customers keep transferring during the outage
                 transactions += _queue_mail(app)[-1:]
 
-        queued = _no_message_charged(app)  # four hours, and not one attempt used up
+        queued = _no_message_charged(app)  # hours, and not one attempt used up
         # The transport paused between probes, doubling up to 300 s (jittered down to no less than half).
         assert probes <= OUTAGE_HOURS * 3600 / 150 + 10, probes
         if mode == "dropped at DATA":

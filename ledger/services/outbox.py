@@ -457,9 +457,7 @@ def stop_background_sender(app: Flask) -> None:
 def send_emails(once: bool, poll_seconds: float | None) -> None:
     """Deliver the email outbox: once, or in a loop until SIGINT/SIGTERM."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    if db.is_embedded(app):
-        click.echo("warning: MONGO_URI is not set; this process has its own empty embedded database, "
-                   "so only mail queued by this process can be sent", err=True)
+    _warn_if_embedded(app, "only mail queued by this process can be sent")
     if once:
         report = drain(app)
         click.echo(report.summary())
@@ -491,6 +489,7 @@ def outbox_cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
 def list_parked(limit: int, as_json: bool) -> None:
     """List the messages given up on (PARKED), with why."""
+    _warn_if_embedded(current_app, "there is nothing here to list")
     database = db.get_db()
     documents = list(database.notifications.find({"status": PARKED}).sort("nextAttemptAt", 1).limit(limit + 1))
     for document in documents[:limit]:
@@ -526,6 +525,7 @@ def requeue(message_ids: tuple[str, ...], requeue_all: bool) -> None:
     """
     if bool(message_ids) == requeue_all:
         raise click.UsageError("give the ids of parked messages, or --all (not both)")
+    _warn_if_embedded(current_app, "there is nothing here to re-queue")
     query: dict[str, Any] = {"status": PARKED}
     database = db.get_db()
     refused: list[str] = []
@@ -550,6 +550,12 @@ def requeue(message_ids: tuple[str, ...], requeue_all: bool) -> None:
         click.echo(line, err=True)
     if refused:
         raise SystemExit(1)
+
+
+def _warn_if_embedded(app: Flask, consequence: str) -> None:
+    if db.is_embedded(app):
+        click.echo(f"warning: MONGO_URI is not set; this process has its own empty embedded database, so "
+                   f"{consequence}", err=True)
 
 
 def _iso(value: Any) -> str:

@@ -37,7 +37,7 @@ from tests.test_email import (
     transfer_ok,
 )
 
-# Production's settings, except a short socket timeout so a silent server costs 0.1 s per probe.
+# Production's settings (the silent-server outage shortens the socket timeout while it lasts).
 REAL_SETTINGS = {
     "OUTBOX_BACKOFF_SECONDS": 30,
     "OUTBOX_BACKOFF_MAX_SECONDS": 3600,
@@ -46,7 +46,7 @@ REAL_SETTINGS = {
     "OUTBOX_MAX_LEASE_EXPIRIES": 3,
     "OUTBOX_TRANSPORT_BACKOFF_SECONDS": 10,
     "OUTBOX_TRANSPORT_BACKOFF_MAX_SECONDS": 300,
-    "MAIL_TIMEOUT_SECONDS": 0.1,
+    "MAIL_TIMEOUT_SECONDS": 5,
 }
 OUTAGE_HOURS = 3
 
@@ -185,7 +185,8 @@ OUTAGES = ["refused", "closed at once", "silent", "greeting 421", "EHLO 421", "A
 def test_hours_of_smtp_outage_park_nothing_and_every_message_arrives_exactly_once_after(
         port: int, recovered: SmtpServer, mode: str):
     credentials = {"MAIL_USERNAME": "ledger", "MAIL_PASSWORD": "secret"} if mode == "AUTH 454" else {}
-    app = _outage_app(port, **credentials)
+    timeout = {"MAIL_TIMEOUT_SECONDS": 0.1} if mode == "silent" else {}  # 0.1 s per probe of a silent server
+    app = _outage_app(port, **credentials, **timeout)
     broken = None if mode == "refused" else BrokenSmtp(port, mode)
     rng = random.Random(f"outage-{mode}")
     try:
@@ -221,6 +222,7 @@ def test_hours_of_smtp_outage_park_nothing_and_every_message_arrives_exactly_onc
 
         if broken is not None:
             broken.stop()
+        app.config["MAIL_TIMEOUT_SECONDS"] = 5  # a loaded machine must not turn recovery into another outage
         inbox = recovered.start() if mode != "AUTH 454" else _start_with_login(recovered)
         recovery_started = clock.now
         first_delivery = None
@@ -380,5 +382,54 @@ def test_an_idle_connection_closed_by_the_server_is_reopened_without_charging_an
             assert outbox.deliver(app, database, claimed, transport) == "sent"
         assert (len(inbox.to(first)), len(inbox.to(second))) == (1, 1)
         assert [d["attempts"] for d in outbox_documents(app)] == [1, 1]
+    finally:
+        drop_database(app)
+
+
+class DataRefusingInbox(Inbox):
+    """Accepts recipients, then answers DATA with ``data_reply``."""
+
+    data_reply = "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd API
+        if self.data_reply.startswith("250"):
+            return await super().handle_DATA(server, session, envelope)
+        return self.data_reply
+
+
+@pytest.mark.parametrize(("reply", "status", "attempts", "transport_down"), [
+    ("554 5.6.0 Message content rejected", "PARKED", 1, False),  # this message, for good
+    ("552 5.3.4 Message too big for system", "PARKED", 1, False),
+    ("452 4.3.1 Insufficient system storage", "PENDING", 1, False),  # this message, for now
+    ("451 4.3.0 Local error in processing", "PENDING", 1, False),
+    ("421 4.3.0 Service shutting down", "PENDING", 0, True),  # the server, not the message
+])
+def test_a_refusal_at_data_is_charged_to_the_message_only_when_it_is_about_the_message(
+        port: int, reply: str, status: str, attempts: int, transport_down: bool):
+    server = SmtpServer(port)
+    server.inbox = DataRefusingInbox()
+    server.inbox.data_reply = reply
+    server.start()
+    app = _outage_app(port)
+    try:
+        Api(app.test_client()).register(email=unique_email("data"), name="Data Refused")
+        report = drain(app, clock=FakeClock())
+        [document] = outbox_documents(app)
+        assert (document["status"], document["attempts"], report.transport_down) == (status, attempts, transport_down)
+        assert reply.split(" ")[0] in document["lastError"]
+        assert server.inbox.all() == []
+    finally:
+        server.stop()
+        drop_database(app)
+
+
+def test_a_clock_with_microseconds_still_fences_each_claim(port: int, recovered: SmtpServer):
+    inbox = recovered.start()
+    app = _outage_app(port)
+    try:
+        Api(app.test_client()).register(email=unique_email("micro"), name="Micro Second")
+        report = drain(app, clock=FakeClock((utcnow() + timedelta(seconds=2)).replace(microsecond=123_456)))
+        assert (report.sent, report.lost_leases) == (1, 0), report
+        assert len(inbox.all()) == 1
     finally:
         drop_database(app)

@@ -169,7 +169,9 @@ def claim_next(database: Database, lease_seconds: float, due_by: datetime | None
     ``leaseExpiries`` (its previous holder never recorded an outcome).
     """
     now = now or utcnow()
-    lease_until = now + timedelta(milliseconds=round(lease_seconds * 1000))  # whole ms, as BSON stores it
+    lease_until = now + timedelta(milliseconds=round(lease_seconds * 1000))
+    # Whole milliseconds, as BSON stores it: the value is the fence every later write of this claim matches.
+    lease_until = lease_until.replace(microsecond=lease_until.microsecond // 1000 * 1000)
     before = database.notifications.find_one_and_update(
         {"$or": [
             {"status": PENDING, "nextAttemptAt": {"$lte": due_by or now}},
@@ -347,8 +349,8 @@ class BackgroundSender:
 
     An unavailable SMTP server ends the pass and pauses the transport (:class:`TransportGate`; passes during
     the pause send nothing and touch no message); any other error, such as the database being away, is logged
-    and waited out, the pause doubling with each consecutive failure up to
-    a minute. :meth:`stop` lets the message in hand finish, then joins the thread.
+    and waited out, the pause doubling with each consecutive failure up to a minute. :meth:`stop` lets the
+    message in hand finish, then joins the thread.
     """
 
     def __init__(self, app: Flask, poll_seconds: float | None = None, clock: Clock = utcnow) -> None:
@@ -474,7 +476,6 @@ def send_emails(once: bool, poll_seconds: float | None) -> None:
         signal.signal(signum, _stop)
     click.echo(f"sending the outbox every {sender.poll_seconds:g}s; Ctrl-C to stop", err=True)
     sender.run()
-
 
 
 @click.group("outbox")

@@ -78,11 +78,15 @@ class TransportUnavailable(Exception):
     ``during_message`` is true when a fresh connection was lost while this particular message was being sent:
     most likely the server going away, but possibly the message itself, so the outbox moves that message back
     in the queue (without charging it an attempt) so that it cannot block the others.
+
+    ``refused`` is true when the server answered with a permanent (5xx) refusal of the session, such as bad
+    credentials: nothing will change until someone fixes the settings, so it is logged as an error.
     """
 
-    def __init__(self, message: str, *, during_message: bool = False) -> None:
+    def __init__(self, message: str, *, during_message: bool = False, refused: bool = False) -> None:
         super().__init__(message)
         self.during_message = during_message
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -313,7 +317,8 @@ class Transport:
                 return PermanentFailure(f"recipient refused: {_smtp_reply(exc.recipients)}")
             return exc
         if isinstance(exc, smtplib.SMTPSenderRefused):  # MAIL FROM: our sender, the same for every message
-            return TransportUnavailable(f"SMTP server refused the sender: {exc.smtp_code} {_text(exc.smtp_error)}")
+            return TransportUnavailable(f"SMTP server refused the sender: {exc.smtp_code} {_text(exc.smtp_error)}",
+                                        refused=_permanent(exc))
         if isinstance(exc, smtplib.SMTPHeloError):
             return TransportUnavailable(f"SMTP server refused HELO: {exc.smtp_code} {_text(exc.smtp_error)}")
         if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code == 421:
@@ -330,7 +335,8 @@ class Transport:
             except (OSError, smtplib.SMTPException) as exc:
                 raise TransportUnavailable(
                     f"SMTP server {self.server}:{self.app.config.get('MAIL_PORT')} unavailable: "
-                    f"{type(exc).__name__}: {_text(exc)}"[:400]
+                    f"{type(exc).__name__}: {_text(exc)}"[:400],
+                    refused=_permanent(exc),
                 ) from exc
             self._connection = connection
             self._sent_on_connection = 0
@@ -344,6 +350,11 @@ class Transport:
             connection.host.quit()
         except (OSError, smtplib.SMTPException):
             connection.host.close()
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A 5xx reply (bad credentials, sender not allowed, no service): the settings need fixing."""
+    return isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 500
 
 
 def _dropped(exc: BaseException) -> bool:

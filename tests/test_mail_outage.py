@@ -114,7 +114,8 @@ class _BrokenHandler(socketserver.StreamRequestHandler):
                     return
                 self._reply("250-broken.test\r\n250 AUTH PLAIN LOGIN")
             elif command == b"AUTH":
-                self._reply("454 4.7.0 Temporary authentication failure")
+                self._reply("535 5.7.8 Authentication credentials invalid" if mode == "AUTH 535"
+                            else "454 4.7.0 Temporary authentication failure")
             elif command == b"MAIL":
                 self._reply("451 4.3.0 Sender verification temporarily failed" if mode == "MAIL FROM 451"
                             else "250 OK")
@@ -177,14 +178,14 @@ def _no_message_charged(app: Flask) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------------ tests
 
-OUTAGES = ["refused", "closed at once", "silent", "greeting 421", "EHLO 421", "AUTH 454", "MAIL FROM 451",
+OUTAGES = ["refused", "closed at once", "silent", "greeting 421", "EHLO 421", "AUTH 454", "AUTH 535", "MAIL FROM 451",
            "dropped at DATA"]
 
 
 @pytest.mark.parametrize("mode", OUTAGES)
 def test_hours_of_smtp_outage_park_nothing_and_every_message_arrives_exactly_once_after(
         port: int, recovered: SmtpServer, mode: str):
-    credentials = {"MAIL_USERNAME": "ledger", "MAIL_PASSWORD": "secret"} if mode == "AUTH 454" else {}
+    credentials = {"MAIL_USERNAME": "ledger", "MAIL_PASSWORD": "secret"} if mode.startswith("AUTH") else {}
     timeout = {"MAIL_TIMEOUT_SECONDS": 0.1} if mode == "silent" else {}  # 0.1 s per probe of a silent server
     app = _outage_app(port, **credentials, **timeout)
     broken = None if mode == "refused" else BrokenSmtp(port, mode)
@@ -223,7 +224,7 @@ def test_hours_of_smtp_outage_park_nothing_and_every_message_arrives_exactly_onc
         if broken is not None:
             broken.stop()
         app.config["MAIL_TIMEOUT_SECONDS"] = 5  # a loaded machine must not turn recovery into another outage
-        inbox = recovered.start() if mode != "AUTH 454" else _start_with_login(recovered)
+        inbox = _start_with_login(recovered) if mode.startswith("AUTH") else recovered.start()
         recovery_started = clock.now
         first_delivery = None
         while outbox_documents(app, status={"$ne": "SENT"}):
@@ -432,4 +433,26 @@ def test_a_clock_with_microseconds_still_fences_each_claim(port: int, recovered:
         assert (report.sent, report.lost_leases) == (1, 0), report
         assert len(inbox.all()) == 1
     finally:
+        drop_database(app)
+
+
+@pytest.mark.parametrize(("mode", "level"), [("AUTH 535", logging.ERROR), ("AUTH 454", logging.WARNING),
+                                             ("refused", logging.WARNING)])
+def test_a_permanent_refusal_of_the_session_is_logged_as_an_error_and_still_charges_no_message(
+        port: int, caplog: pytest.LogCaptureFixture, mode: str, level: int):
+    app = _outage_app(port, MAIL_USERNAME="ledger", MAIL_PASSWORD="wrong-password")
+    broken = None if mode == "refused" else BrokenSmtp(port, mode)
+    try:
+        Api(app.test_client()).register(email=unique_email("auth"), name="Auth Failure")
+        with caplog.at_level(logging.WARNING, logger="ledger.services.outbox"):
+            report = drain(app, clock=FakeClock())
+        assert (report.released, report.transport_down) == (1, True)
+        [record] = [r for r in caplog.records if "SMTP server unavailable" in r.getMessage()]
+        assert record.levelno == level
+        assert ("check the MAIL_* settings" in record.getMessage()) == (level == logging.ERROR)
+        assert "wrong-password" not in record.getMessage()
+        _no_message_charged(app)
+    finally:
+        if broken is not None:
+            broken.stop()
         drop_database(app)

@@ -328,9 +328,11 @@ def drain(app: Flask | None = None, *, limit: int | None = None,
                 report.errors.append(str(exc))
                 report.paused_until = gate.failed(clock(), str(exc), settings["transport_base"],
                                                   settings["transport_cap"])
-                log.warning("SMTP server unavailable (%s): sending paused until %s UTC (failure %d in a row); "
-                            "no message is charged an attempt", exc, f"{report.paused_until:%H:%M:%S}",
-                            gate.failures)
+                log.log(logging.ERROR if exc.refused else logging.WARNING,
+                        "SMTP server unavailable (%s): sending paused until %s UTC (failure %d in a row); "
+                        "no message is charged an attempt%s", exc, f"{report.paused_until:%H:%M:%S}",
+                        gate.failures, "; the server refused the session for good: check the MAIL_* settings"
+                        if exc.refused else "")
                 break
             if result == "sent":
                 gate.succeeded()

@@ -152,7 +152,6 @@ class Config:
             self.JWT_SECRET_KEY = secrets.token_urlsafe(48)
             self.GENERATED_JWT_SECRET = True
 
-
     def validate_mail(self) -> None:
         """Refuse mail settings that would silently not work: an unknown backend, ``smtp`` without a server,
         two different values for one credential, or the Node service's Gmail OAuth2 variables.

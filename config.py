@@ -40,6 +40,20 @@ class ConfigurationError(RuntimeError):
     """Raised at start-up when the environment cannot produce a safe configuration."""
 
 
+MAIL_BACKENDS = ("smtp", "log")
+# What the Node service's nodemailer Gmail OAuth2 transport read from its .env.
+NODE_OAUTH2_VARIABLES = ("CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN", "ACCESS_TOKEN")
+
+
+def _aliased(name: str, alias: str) -> str | None:
+    """``name``, or its alias from the Node service's .env; both set to different values is an error."""
+    value, aliased = os.environ.get(name) or None, os.environ.get(alias) or None
+    if value and aliased and value != aliased:
+        raise ConfigurationError(f"{name} and {alias} are both set, to different values: set only one "
+                                 f"({alias} is the Node service's name for {name})")
+    return value or aliased
+
+
 class Config:
     """Settings shared by every environment, read from the environment when the object is built."""
 
@@ -84,8 +98,12 @@ class Config:
         self.MAIL_PORT = _env_int("MAIL_PORT", 587)
         self.MAIL_USE_TLS = _env_bool("MAIL_USE_TLS", False)
         self.MAIL_USE_SSL = _env_bool("MAIL_USE_SSL", False)
-        self.MAIL_USERNAME = env("EMAIL_USER") or None
-        self.MAIL_PASSWORD = env("EMAIL_PASS") or None
+        # MAIL_BACKEND: "smtp" (needs MAIL_SERVER) or "log" (mail is not sent); unset: smtp when MAIL_SERVER is
+        # set, else log, which production refuses (see validate_mail).
+        self.MAIL_BACKEND = (env("MAIL_BACKEND") or "").strip().lower() or None
+        # The Node service's .env names (EMAIL_USER, EMAIL_PASS) are aliases of flask-mail's.
+        self.MAIL_USERNAME = _aliased("MAIL_USERNAME", "EMAIL_USER")
+        self.MAIL_PASSWORD = _aliased("MAIL_PASSWORD", "EMAIL_PASS")
         self.MAIL_DEFAULT_SENDER = env("MAIL_DEFAULT_SENDER") or "Banking Ledger <no-reply@ledger.local>"
         self.OUTBOX_SENDER_ENABLED = _env_bool("OUTBOX_SENDER_ENABLED", True)
         self.OUTBOX_POLL_SECONDS = float(env("OUTBOX_POLL_SECONDS") or 2)
@@ -93,6 +111,11 @@ class Config:
         self.OUTBOX_BACKOFF_SECONDS = float(env("OUTBOX_BACKOFF_SECONDS") or 30)  # doubles per attempt
         self.OUTBOX_BACKOFF_MAX_SECONDS = float(env("OUTBOX_BACKOFF_MAX_SECONDS") or 3600)
         self.OUTBOX_LEASE_SECONDS = float(env("OUTBOX_LEASE_SECONDS") or 120)  # > MAIL_TIMEOUT_SECONDS
+        # A message whose sender's lease expires this many times (it crashed mid-delivery) is parked.
+        self.OUTBOX_MAX_LEASE_EXPIRIES = _env_int("OUTBOX_MAX_LEASE_EXPIRIES", 3)
+        # While the SMTP server is unavailable the transport pauses: this long, doubling, capped.
+        self.OUTBOX_TRANSPORT_BACKOFF_SECONDS = float(env("OUTBOX_TRANSPORT_BACKOFF_SECONDS") or 10)
+        self.OUTBOX_TRANSPORT_BACKOFF_MAX_SECONDS = float(env("OUTBOX_TRANSPORT_BACKOFF_MAX_SECONDS") or 300)
         self.MAIL_TIMEOUT_SECONDS = float(env("MAIL_TIMEOUT_SECONDS") or 10)
 
         self.LOG_LEVEL = env("LOG_LEVEL") or "INFO"
@@ -124,9 +147,31 @@ class Config:
 
     def validate(self) -> None:
         """Fill in development defaults; production overrides this to make missing secrets fatal."""
+        self.validate_mail()
         if not self.JWT_SECRET_KEY:
             self.JWT_SECRET_KEY = secrets.token_urlsafe(48)
             self.GENERATED_JWT_SECRET = True
+
+    def validate_mail(self) -> None:
+        """Refuse mail settings that would silently not work: an unknown backend, ``smtp`` without a server,
+        two different values for one credential, or the Node service's Gmail OAuth2 variables.
+
+        Production also refuses to run without ``MAIL_SERVER`` unless ``MAIL_BACKEND=log`` turns mail off
+        explicitly (see :class:`ProductionConfig`).
+        """
+        if self.MAIL_BACKEND not in (None, *MAIL_BACKENDS):
+            raise ConfigurationError(f"MAIL_BACKEND={self.MAIL_BACKEND!r} is not one of {list(MAIL_BACKENDS)}")
+        if self.MAIL_BACKEND == "smtp" and not self.MAIL_SERVER:
+            raise ConfigurationError("MAIL_BACKEND=smtp needs MAIL_SERVER (the SMTP host)")
+        oauth = [name for name in NODE_OAUTH2_VARIABLES if os.environ.get(name)]
+        if oauth:
+            raise ConfigurationError(
+                f"{', '.join(oauth)} {'is' if len(oauth) == 1 else 'are'} set: these are the Node service's Gmail "
+                "OAuth2 mail settings, which this service does not support (it would send nothing with them). "
+                "Send through SMTP with a password instead: MAIL_SERVER=smtp.gmail.com MAIL_PORT=587 "
+                "MAIL_USE_TLS=true EMAIL_USER=<address> EMAIL_PASS=<an app password>, or any SMTP relay; then "
+                f"unset {', '.join(oauth)}"
+            )
 
 
 class DevelopmentConfig(Config):
@@ -147,9 +192,14 @@ class TestingConfig(Config):
         self.BCRYPT_ROUNDS = 4
         self.SYSTEM_USER_EMAIL = self.SYSTEM_USER_PASSWORD = self.SYSTEM_USER_NAME = None
         self.MAIL_SERVER = None
+        self.MAIL_BACKEND = None
+        self.MAIL_USERNAME = self.MAIL_PASSWORD = None
         self.OUTBOX_SENDER_ENABLED = False
         self.RATELIMIT_ENABLED = False  # tests that check limits build their app with RATELIMIT_ENABLED=True
         self.RATELIMIT_STORAGE_URI = "memory://"
+
+    def validate_mail(self) -> None:
+        """The suite sets its own mail settings (above); the developer's mail environment is not read."""
 
 
 class ProductionConfig(Config):
@@ -168,6 +218,13 @@ class ProductionConfig(Config):
                 )
         if len(self.JWT_SECRET_KEY) < 32:
             raise ConfigurationError("JWT_SECRET is too short: production needs at least 32 characters")
+        self.validate_mail()
+        if not self.MAIL_SERVER and self.MAIL_BACKEND != "log":
+            raise ConfigurationError(
+                "MAIL_SERVER is not set: production refuses to start without a mail server, since every email "
+                "would be dropped. Set MAIL_SERVER (and MAIL_PORT, MAIL_USE_TLS, EMAIL_USER, EMAIL_PASS), or set "
+                "MAIL_BACKEND=log to run without sending mail on purpose"
+            )
 
 
 CONFIGS = {

@@ -8,13 +8,14 @@ from flask.cli import with_appcontext
 
 from ledger import validation
 from ledger.errors import ValidationFailed
-from ledger.services.outbox import send_emails
+from ledger.services.outbox import outbox_cli, send_emails
 
 
 def init_app(app: Flask) -> None:
     app.cli.add_command(create_system_user)
     app.cli.add_command(verify_ledger)
     app.cli.add_command(send_emails)
+    app.cli.add_command(outbox_cli)
     from ledger.migrate import migrate_node_db
 
     app.cli.add_command(migrate_node_db)

@@ -13,14 +13,22 @@ and records the outcome. Nothing here runs on the request path.
   HTML). An unusable address is a :class:`PermanentFailure` (parked, not retried).
 * Transport: with ``MAIL_SERVER`` set, flask-mail's connection is used with a socket timeout (flask-mail has
   none, and a silent SMTP server must not hold the sender forever) and a certificate-verifying TLS context.
-  One connection is reused for a batch and dropped after any error. Without ``MAIL_SERVER`` the message is
-  written to the log instead, and the outbox records it as ``LOGGED``.
+  One connection is reused for a batch and dropped after any error. With the log backend (``MAIL_BACKEND=log``,
+  or no ``MAIL_SERVER`` outside production) the message is *not* sent: one log line names its subject,
+  ``Message-ID`` and recipient count (never the body or the address), and the outbox records it as ``LOGGED``.
+* Failures are sorted by whose fault they are. :class:`TransportUnavailable`: the server cannot be reached or
+  refuses the session (connection refused or reset, timeout, a 4xx/5xx greeting, HELO/EHLO/STARTTLS/AUTH
+  refused, ``MAIL FROM`` refused, 421 "closing channel", a dropped connection); every message would fail the
+  same way, so the outbox pauses the whole transport and charges no message. :class:`PermanentFailure`: this
+  message cannot be delivered (5xx for its recipient or its data, an unusable address); it is parked. Any other
+  exception (a 4xx for this recipient or this message's data) is a temporary failure of this message.
 * The ``Message-ID`` is derived from the outbox document, so a redelivery (at-least-once) carries the same id
   and mail clients can fold a rare duplicate.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import smtplib
 import ssl
@@ -65,7 +73,20 @@ class PermanentFailure(Exception):
 
 
 class TransportUnavailable(Exception):
-    """The SMTP server could not be reached or dropped the connection: every message would fail the same way."""
+    """The SMTP server could not be reached or refused the session: every message would fail the same way.
+
+    ``during_message`` is true when a fresh connection was lost while this particular message was being sent:
+    most likely the server going away, but possibly the message itself, so the outbox moves that message back
+    in the queue (without charging it an attempt) so that it cannot block the others.
+
+    ``refused`` is true when the server answered with a permanent (5xx) refusal of the session, such as bad
+    credentials: nothing will change until someone fixes the settings, so it is logged as an error.
+    """
+
+    def __init__(self, message: str, *, during_message: bool = False, refused: bool = False) -> None:
+        super().__init__(message)
+        self.during_message = during_message
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -80,8 +101,39 @@ class Email:
     message_id: str
 
 
+LOG_BACKEND = "log"
+SMTP_BACKEND = "smtp"
+
+
+def backend(config: Any) -> str:
+    """``log`` when ``MAIL_BACKEND=log`` or no ``MAIL_SERVER`` is configured, else ``smtp``."""
+    if (config.get("MAIL_BACKEND") or "").strip().lower() == LOG_BACKEND or not config.get("MAIL_SERVER"):
+        return LOG_BACKEND
+    return SMTP_BACKEND
+
+
 def init_app(app: Flask) -> None:
     mail.init_app(app)
+    announce_backend(app)
+
+
+def announce_backend(app: Flask) -> None:
+    """Say at start-up where mail goes: a production process that does not send mail must say so loudly."""
+    config = app.config
+    if backend(config) == SMTP_BACKEND:
+        security = "implicit TLS" if config.get("MAIL_USE_SSL") else "STARTTLS" if config.get("MAIL_USE_TLS") \
+            else "no TLS"
+        login = "with login" if config.get("MAIL_USERNAME") and config.get("MAIL_PASSWORD") else "without login"
+        log.info("mail: SMTP via %s:%s (%s, %s)", config.get("MAIL_SERVER"), config.get("MAIL_PORT"), security,
+                 login)
+        return
+    explicit = (config.get("MAIL_BACKEND") or "").strip().lower() == LOG_BACKEND
+    reason = "MAIL_BACKEND=log" if explicit else "MAIL_SERVER is not set"
+    if explicit and config.get("MAIL_SERVER"):
+        reason += f" (MAIL_SERVER={config.get('MAIL_SERVER')} is ignored)"
+    level = logging.WARNING if config.get("ENV_NAME") == "production" else logging.INFO
+    log.log(level, "mail is OFF (%s): emails are not sent; each is logged by subject and Message-ID only and "
+            "marked LOGGED", reason)
 
 
 def start_background_sender(app: Flask) -> None:
@@ -169,6 +221,12 @@ def _message_id(app: Flask, notification: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------- transport
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One certificate-verifying context per process (loading the trust store costs ~0.1 s per connection)."""
+    return ssl.create_default_context()
+
+
 class _TimedConnection(Connection):
     """flask-mail's connection, opened with a timeout and a verifying TLS context."""
 
@@ -178,32 +236,39 @@ class _TimedConnection(Connection):
 
     def configure_host(self) -> smtplib.SMTP:
         state = self.mail
-        context = ssl.create_default_context()
         host: smtplib.SMTP
         if state.use_ssl:
-            host = smtplib.SMTP_SSL(state.server, state.port, timeout=self.timeout, context=context)
+            host = smtplib.SMTP_SSL(state.server, state.port, timeout=self.timeout, context=_tls_context())
         else:
             host = smtplib.SMTP(state.server, state.port, timeout=self.timeout)
-        if state.use_tls:
-            host.starttls(context=context)
-        if state.username and state.password:
-            host.login(state.username, state.password)
+        try:
+            host.ehlo_or_helo_if_needed()  # here, so a refused HELO is a connection failure
+            if state.use_tls:
+                host.starttls(context=_tls_context())
+            if state.username and state.password:
+                host.login(state.username, state.password)
+        except BaseException:
+            host.close()
+            raise
         return host
 
 
 class Transport:
-    """Delivers rendered emails for one batch: SMTP when ``MAIL_SERVER`` is set, else the log.
+    """Delivers rendered emails for one batch: SMTP, or the log backend (see :func:`backend`).
 
-    Use as a context manager; the SMTP connection is opened on the first message and closed at the end.
-    :meth:`send` returns ``SENT`` or ``LOGGED``, or raises :class:`PermanentFailure`,
-    :class:`TransportUnavailable` or another exception (a temporary failure worth a retry).
+    Use as a context manager; the SMTP connection is opened on the first message and closed at the end (a
+    reused connection that turns out to be closed is reopened once). :meth:`send` returns ``SENT`` or
+    ``LOGGED``, or raises :class:`PermanentFailure`, :class:`TransportUnavailable` or another exception (a
+    temporary failure of this message, worth a retry).
     """
 
     def __init__(self, app: Flask) -> None:
         self.app = app
+        self.backend = backend(app.config)
         self.server = app.config.get("MAIL_SERVER")
         self.timeout = float(app.config.get("MAIL_TIMEOUT_SECONDS") or 10)
         self._connection: _TimedConnection | None = None
+        self._sent_on_connection = 0
 
     def __enter__(self) -> Transport:
         return self
@@ -213,36 +278,54 @@ class Transport:
         self.close()
 
     def send(self, email: Email) -> str:
-        if not self.server:
-            log.info("email not sent (MAIL_SERVER is unset); to=%s subject=%s\n%s", email.to, email.subject,
-                     email.text)
+        if self.backend == LOG_BACKEND:
+            # Never the body, the name or the address: logs travel further than mailboxes.
+            log.info("email not sent (mail backend: log): message_id=%s subject=%r recipients=1",
+                     email.message_id, email.subject)
             return LOGGED
         message = Message(subject=email.subject, recipients=[(display_name(email.name), email.to)], body=email.text,
                           html=email.html, sender=self.app.config.get("MAIL_DEFAULT_SENDER"))
         message.msgId = email.message_id
-        connection = self._connect()
-        try:
-            connection.send(message)
-        except BadHeaderError as exc:
-            raise PermanentFailure("a header contained a line break") from exc
-        except smtplib.SMTPRecipientsRefused as exc:
-            self.close()
+        while True:
+            reused = self._connection is not None and self._sent_on_connection > 0
+            connection = self._connect()
+            try:
+                connection.send(message)
+            except Exception as exc:
+                self.close()
+                if not _dropped(exc):
+                    classified = self._classified(exc)
+                    if classified is exc:
+                        raise
+                    raise classified from exc
+                if reused:
+                    continue  # an idle connection the server had closed: once more on a fresh one
+                raise TransportUnavailable(f"SMTP connection lost: {type(exc).__name__}: {exc}",
+                                           during_message=True) from exc
+            self._sent_on_connection += 1
+            return SENT
+
+    def _classified(self, exc: Exception) -> Exception:
+        """The exception :meth:`send` raises for a failure other than a dropped connection."""
+        if isinstance(exc, BadHeaderError):
+            return PermanentFailure("a header contained a line break")
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
             codes = [code for code, _ in exc.recipients.values()]
+            if 421 in codes:
+                return TransportUnavailable(f"SMTP server closing the session: {_smtp_reply(exc.recipients)}")
             if codes and all(code >= 500 for code in codes):
-                raise PermanentFailure(f"recipient refused: {_smtp_reply(exc.recipients)}") from exc
-            raise
-        except smtplib.SMTPDataError as exc:
-            self.close()
-            if exc.smtp_code >= 500:
-                raise PermanentFailure(f"message refused: {exc.smtp_code} {_text(exc.smtp_error)}") from exc
-            raise
-        except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError) as exc:
-            self.close()
-            raise TransportUnavailable(f"SMTP connection lost: {type(exc).__name__}: {exc}") from exc
-        except Exception:
-            self.close()
-            raise
-        return SENT
+                return PermanentFailure(f"recipient refused: {_smtp_reply(exc.recipients)}")
+            return exc
+        if isinstance(exc, smtplib.SMTPSenderRefused):  # MAIL FROM: our sender, the same for every message
+            return TransportUnavailable(f"SMTP server refused the sender: {exc.smtp_code} {_text(exc.smtp_error)}",
+                                        refused=_permanent(exc))
+        if isinstance(exc, smtplib.SMTPHeloError):
+            return TransportUnavailable(f"SMTP server refused HELO: {exc.smtp_code} {_text(exc.smtp_error)}")
+        if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code == 421:
+            return TransportUnavailable(f"SMTP server closing the session: 421 {_text(exc.smtp_error)}")
+        if isinstance(exc, smtplib.SMTPDataError) and exc.smtp_code >= 500:
+            return PermanentFailure(f"message refused: {exc.smtp_code} {_text(exc.smtp_error)}")
+        return exc
 
     def _connect(self) -> _TimedConnection:
         if self._connection is None:
@@ -252,9 +335,11 @@ class Transport:
             except (OSError, smtplib.SMTPException) as exc:
                 raise TransportUnavailable(
                     f"SMTP server {self.server}:{self.app.config.get('MAIL_PORT')} unavailable: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{type(exc).__name__}: {_text(exc)}"[:400],
+                    refused=_permanent(exc),
                 ) from exc
             self._connection = connection
+            self._sent_on_connection = 0
         return self._connection
 
     def close(self) -> None:
@@ -265,6 +350,18 @@ class Transport:
             connection.host.quit()
         except (OSError, smtplib.SMTPException):
             connection.host.close()
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A 5xx reply (bad credentials, sender not allowed, no service): the settings need fixing."""
+    return isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 500
+
+
+def _dropped(exc: BaseException) -> bool:
+    """The connection is gone (reset, timed out, closed by the server), as opposed to an SMTP reply."""
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, smtplib.SMTPException)  # SMTPException is an OSError
 
 
 def _text(value: Any) -> str:

@@ -175,6 +175,9 @@ class Notification(_Base):
     attempts = me.IntField(default=0)
     nextAttemptAt = me.DateTimeField(required=True)
     claimedUntil = me.DateTimeField()
+    leaseExpiries = me.IntField()  # claims that took over an expired lease (the sender crashed mid-delivery)
+    interruptions = me.IntField()  # fresh SMTP connections lost while this message was being sent
+    requeuedAt = me.DateTimeField()  # last `flask outbox requeue`
     lastError = me.StringField()
     sentAt = me.DateTimeField()
     createdAt = me.DateTimeField(required=True)

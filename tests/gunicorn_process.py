@@ -25,6 +25,9 @@ START_TIMEOUT_SECONDS = 30
 # Variables of the test runner's environment that must not leak into the server under test.
 _NOT_INHERITED = {"MONGO_URI", "MONGO_DB_NAME", "APP_ENV", "NODE_ENV", "LEDGER_TEST_MONGO_URI", "MAIL_SERVER",
                   "COOKIE_SECURE"}
+# Mail settings, and the Node service's Gmail OAuth2 ones that stop start-up, must not leak in either.
+_NOT_INHERITED |= {"MAIL_BACKEND", "MAIL_USERNAME", "MAIL_PASSWORD", "EMAIL_USER", "EMAIL_PASS", "CLIENT_ID",
+                   "CLIENT_SECRET", "REFRESH_TOKEN", "ACCESS_TOKEN"}
 
 
 def free_loopback_port() -> int:

@@ -384,6 +384,7 @@ def test_the_production_configuration_makes_the_cookie_secure(monkeypatch):
 
     monkeypatch.setenv("JWT_SECRET", "x" * 40)
     monkeypatch.setenv("MONGO_URI", "mongodb://127.0.0.1:1/ledger?replicaSet=rs0")
+    monkeypatch.setenv("MAIL_SERVER", "127.0.0.1")
     monkeypatch.delenv("COOKIE_SECURE", raising=False)
     assert load_config("production").COOKIE_SECURE is True
     monkeypatch.setenv("COOKIE_SECURE", "false")

@@ -176,7 +176,7 @@ def test_the_decoder_in_use_reads_some_other_spelling_as_the_same_token(world):
     assert all(not is_canonical_token(spelling) for spelling in accepted)
 
 
-@HYPOTHESIS
+@settings(HYPOTHESIS, max_examples=40)  # a fresh service per example
 @given(edits=spellings)
 def test_a_logout_with_any_spelling_the_decoder_accepts_revokes_the_token_itself(edits):
     app = make_app()

@@ -60,9 +60,11 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
+    from ledger import routing
     from ledger.api import register_blueprints as register
 
     register(app)
+    routing.init_app(app)  # paths match case-insensitively, as Express matched them
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -1,9 +1,14 @@
 """JSON in and out, exactly.
 
 In: request bodies are parsed with JSON numbers as ``int``/``Decimal`` (never ``float``), ``NaN`` and
-``Infinity`` refused, nesting depth capped, invalid UTF-8 refused, and anything but an object refused, each with
-a clear 400. Out: ``Decimal`` is written as a JSON number digit for digit, dates as ISO-8601 UTC with
-milliseconds and ``Z``, ObjectIds as 24-hex strings.
+``Infinity`` refused, nesting depth capped, invalid UTF-8 refused, strings that are not valid Unicode (a lone
+surrogate written as a ``\\ud800`` escape, which the JSON reader accepts but bcrypt and BSON cannot encode)
+refused naming the field, and anything but an object refused, each with a clear 400. A body must be declared
+``Content-Type: application/json`` (or ``+json``), as ``express.json()`` required: anything else is a 415,
+so a cross-site form cannot post a body that we would read as JSON.
+
+Out: ``Decimal`` is written as a JSON number digit for digit, dates as ISO-8601 UTC with milliseconds and
+``Z``, ObjectIds as 24-hex strings.
 """
 
 from __future__ import annotations
@@ -58,37 +63,72 @@ def _refuse_constant(name: str) -> Any:
     raise _ConstantRefused(name)
 
 
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of ``value``, iteratively (deep input cannot exhaust the stack)."""
+def _field_name(path: tuple[str | int, ...]) -> str:
+    """``amount``, ``meta.tags[2]``: where a value sits in the body, printable even if a key is not Unicode."""
+    name = ""
+    for part in path:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            text = part.encode("utf-8", errors="backslashreplace").decode("utf-8")
+            name += f".{text}" if name else text
+    return name or "body"
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _inspect(value: Any, limit: int) -> tuple[int, str | None]:
+    """Nesting depth of ``value`` (counting stops past ``limit``) and the first field holding a string, or named
+    by a key, that is not valid Unicode. Iterative: deep input cannot exhaust the stack."""
     deepest = 0
-    stack = [(value, 1)]
+    stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(value, 1, ())]
     while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
+        item, depth, path = stack.pop()
+        if isinstance(item, str):
+            if not _is_unicode(item):
+                return deepest, _field_name(path)
+        elif isinstance(item, dict | list):
             deepest = max(deepest, depth)
             if deepest > limit:
-                return deepest
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
+                return deepest, None
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not _is_unicode(key):
+                        return deepest, _field_name((*path, key))
+                    stack.append((child, depth + 1, (*path, key)))
+            else:
+                stack.extend((child, depth + 1, (*path, index)) for index, child in enumerate(item))
+    return deepest, None
+
+
+def is_json_request() -> bool:
+    """Whether the request declares a JSON body (``application/json`` or a ``+json`` type)."""
+    mimetype = request.mimetype or ""
+    return mimetype == "application/json" or mimetype.endswith("+json")
 
 
 def json_body(*, required: bool = True) -> dict[str, Any]:
     """The request's JSON object, or a clear 400/413/415.
 
-    With ``required=False`` an empty body is an empty object (for routes whose body is optional).
+    With ``required=False`` the body is optional, as it was for the Node route that ignored it: an empty body,
+    or one not declared as JSON, is an empty object; a body declared as JSON is read and checked as always.
     """
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
     limit = request.max_content_length
     if limit is not None and request.content_length is None and len(raw) >= limit:
         # A chunked body (no Content-Length) is cut at the limit by werkzeug, not refused: refuse it here.
         raise RequestEntityTooLarge()
-    if not raw.strip():
+    if not raw.strip() or (not required and not is_json_request()):
         if required:
             raise ValidationFailed("Request body must be a JSON object")
         return {}
-    mimetype = request.mimetype or ""
-    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+    if not is_json_request():
         raise UnsupportedMediaType()
     try:
         text = raw.decode("utf-8")
@@ -103,8 +143,12 @@ def json_body(*, required: bool = True) -> dict[str, Any]:
     except ValueError as exc:
         raise ValidationFailed("Malformed JSON in request body") from exc
     limit = current_app.config.get("MAX_JSON_DEPTH", 32)
-    if _depth(body, limit) > limit:
+    depth, not_unicode = _inspect(body, limit)
+    if depth > limit:
         raise ValidationFailed(f"JSON body is nested too deeply (limit {limit})")
+    if not_unicode is not None:
+        text = f"{not_unicode} is not valid Unicode text (it contains a lone surrogate escape)"
+        raise ValidationFailed(text, errors={not_unicode: text})
     if not isinstance(body, dict):
         raise ValidationFailed("Request body must be a JSON object")
     return body

@@ -2,12 +2,29 @@
 
 Tokens are HS256 JWTs with the Node service's claim ``userId`` plus ``iat``, ``exp`` and ``jti``. Tokens the
 Node service minted (``{userId, iat, exp}``, no ``jti``) are accepted and revocable, because revocation is
-keyed on a SHA-256 hash of the token string itself, not on ``jti``. Every failure answers with the Node
-service's exact 401 messages through our error envelope; flask-jwt-extended's own 422s never escape.
+keyed on a SHA-256 hash of the token's *canonical* compact serialisation (each segment's decoded bytes,
+re-encoded as unpadded base64url), which every token has, with or without ``jti``.
+
+One token has one accepted spelling. A JWT decoder may accept other strings for the same token (PyJWT takes
+a padded signature segment; older versions also took ``+``/``/``, stray characters and non-zero trailing
+bits), so a revocation keyed on the string as sent could be sidestepped by re-spelling the token. A token
+that is not in canonical form is therefore refused outright (``Unauthorized, token is invalid``), and a
+revocation's key is computed from the decoded bytes, so a logout sent with any spelling revokes the token.
+For every token we or the Node service issued the canonical form *is* the string, so the hashes stored
+before this rule (SHA-256 of the string as sent) remain the keys.
+
+The ``Authorization`` header is parsed here, once, by :func:`parse_authorization`, and rewritten before any
+view runs into the single form flask-jwt-extended's parser handles (``Bearer <jwt>``), into one it refuses
+(malformed), or removed (no Bearer credentials: the cookie is looked at). flask-jwt-extended and our own code
+(logout, the blocklist check) therefore always agree on which token a request carries, and no header value
+can reach an exception in either parser. Every failure answers with the Node service's exact 401 messages
+through our error envelope; flask-jwt-extended's own 422s never escape.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 from typing import Any
@@ -21,8 +38,10 @@ from ledger.errors import TokenBlacklisted, TokenInvalid, TokenMissing, error_re
 jwt = JWTManager()
 
 _OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
-# An authentication scheme is case-insensitive (RFC 9110 11.1); flask-jwt-extended compares "Bearer" exactly.
-_BEARER_SCHEME = re.compile(r"(^|,)(\s*)bearer(?=\s)", re.IGNORECASE)
+_BASE64URL_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+# What flask-jwt-extended is shown when the header names Bearer but cannot be read: its parser refuses this
+# (three parts) with InvalidHeaderError, which our invalid-token loader answers with a 401.
+_MALFORMED_BEARER = "Bearer malformed authorization"
 
 # A fixed hash to compare against when the email is unknown, so login takes the same time either way.
 _DUMMY_HASH_CACHE: dict[int, bytes] = {}
@@ -59,21 +78,76 @@ def verify_password(plain: str, hashed: str | None) -> bool:
 # ------------------------------------------------------------------------------------------ tokens
 
 
+def _lenient_segment_bytes(segment: str) -> bytes | None:
+    """A segment's bytes as a forgiving base64url decoder reads them (padding, ``+/`` and stray characters)."""
+    try:
+        data = segment.encode("ascii", errors="ignore")
+        return base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _encode_segment(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def canonical_token(encoded: str) -> str | None:
+    """The canonical compact serialisation of ``encoded``: every segment's bytes as unpadded base64url.
+
+    Segments are split the way PyJWT splits them (first ``.`` and last ``.``). ``None`` when a segment does not
+    decode at all: such a string is no token.
+    """
+    header, dot, rest = encoded.partition(".")
+    payload, dot2, signature = rest.rpartition(".")
+    if not dot or not dot2:
+        return None
+    decoded = [_lenient_segment_bytes(segment) for segment in (header, payload, signature)]
+    if any(raw is None for raw in decoded):
+        return None
+    return ".".join(_encode_segment(raw) for raw in decoded if raw is not None)
+
+
+def is_canonical_token(encoded: str) -> bool:
+    """True when ``encoded`` is three non-empty base64url segments, each exactly as re-encoding writes it."""
+    segments = encoded.split(".")
+    if len(segments) != 3 or not all(_BASE64URL_SEGMENT.fullmatch(segment) for segment in segments):
+        return False
+    return canonical_token(encoded) == encoded
+
+
 def token_hash(encoded: str) -> str:
-    """What the blocklist stores: a SHA-256 of the token, so a database reader cannot replay it."""
-    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+    """The blocklist key: SHA-256 of the token's canonical serialisation (never the token itself).
+
+    For a token in canonical form (every token we or the Node service minted) this is the SHA-256 of the
+    string, which is what the blocklist has always stored; every other spelling maps to the same key.
+    """
+    canonical = canonical_token(encoded) or encoded
+    return hashlib.sha256(canonical.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+def parse_authorization(header: str | None) -> tuple[str, str | None]:
+    """Read an ``Authorization`` value: ``("absent", None)``, ``("bearer", token)`` or ``("malformed", None)``.
+
+    The value may list several comma-separated credentials (as flask-jwt-extended allows); blank ones are
+    ignored and the scheme is case-insensitive (RFC 9110 11.1). No Bearer credential at all is *absent* (the
+    cookie is looked at next); exactly one Bearer credential with exactly one token is that token; anything
+    else naming Bearer (no token, extra parts, two Bearer credentials) is *malformed*. Never raises.
+    """
+    if not header:
+        return "absent", None
+    bearer = [parts for parts in (field.split() for field in header.split(","))
+              if parts and parts[0].lower() == "bearer"]
+    if not bearer:
+        return "absent", None
+    if len(bearer) != 1 or len(bearer[0]) != 2:
+        return "malformed", None
+    return "bearer", bearer[0][1]
 
 
 def _bearer_token() -> str | None:
-    """The token flask-jwt-extended reads from ``Authorization``, parsed by the same rules."""
-    header = request.headers.get("Authorization", "").strip().strip(",")
-    if not header:
-        return None
-    fields = [f for f in re.split(r",\s*", header) if f and f.split()[0] == "Bearer"]
-    if len(fields) != 1:
-        return None
-    parts = fields[0].split()
-    return parts[1] if len(parts) == 2 else None
+    """The Bearer token of this request's ``Authorization`` header, if it carries exactly one."""
+    kind, token = parse_authorization(request.headers.get("Authorization"))
+    return token if kind == "bearer" else None
 
 
 def presented_tokens() -> list[str]:
@@ -90,9 +164,11 @@ def presented_tokens() -> list[str]:
 
 def authenticating_token() -> str | None:
     """The token flask-jwt-extended authenticates this request with (the header wins over the cookie)."""
-    bearer = _bearer_token()
-    if bearer:
-        return bearer
+    kind, token = parse_authorization(request.headers.get("Authorization"))
+    if kind == "bearer":
+        return token
+    if kind == "malformed":
+        return None
     return request.cookies.get(current_app.config["JWT_ACCESS_COOKIE_NAME"]) or None
 
 
@@ -129,11 +205,19 @@ def init_app(app: Flask) -> None:
     jwt.init_app(app)
 
     @app.before_request
-    def _normalize_bearer_scheme() -> None:
-        # Node clients that send "bearer <jwt>" were accepted there; spell the scheme the way the parser expects.
-        header = request.environ.get("HTTP_AUTHORIZATION")
-        if header:
-            request.environ["HTTP_AUTHORIZATION"] = _BEARER_SCHEME.sub(r"\1\2Bearer", header)
+    def _normalize_authorization() -> None:
+        # flask-jwt-extended sees only what parse_authorization read: "Bearer <jwt>" (any scheme case, as Node
+        # clients sent it), a value its parser refuses, or no header at all (then it reads the cookie).
+        environ = request.environ
+        if "HTTP_AUTHORIZATION" not in environ:
+            return
+        kind, token = parse_authorization(environ["HTTP_AUTHORIZATION"])
+        if kind == "bearer":
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+        elif kind == "malformed":
+            environ["HTTP_AUTHORIZATION"] = _MALFORMED_BEARER
+        else:
+            del environ["HTTP_AUTHORIZATION"]  # request.headers is a live view of the environ
 
     def missing(_reason: str) -> Any:
         return error_response(TokenMissing.status_code, TokenMissing.message)
@@ -157,7 +241,10 @@ def init_app(app: Flask) -> None:
         from ledger.services import auth as auth_service
 
         encoded = authenticating_token()
-        return encoded is not None and auth_service.is_token_revoked(encoded)
+        if encoded is None or not is_canonical_token(encoded):
+            # Another spelling of a token would sidestep its revocation: one token, one accepted string.
+            raise TokenInvalid()
+        return auth_service.is_token_revoked(encoded)
 
     @jwt.user_lookup_loader
     def _load_user(_header: dict, payload: dict) -> dict | None:

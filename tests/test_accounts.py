@@ -100,12 +100,15 @@ def test_create_ignores_balance_status_user_and_id_sent_by_the_client(app, api):
     assert "systemCurrency" not in stored
 
 
-def test_create_with_a_non_json_body_is_refused(api):
+@pytest.mark.parametrize("headers", [{"Content-Type": "application/x-www-form-urlencoded"},
+                                     {"Content-Type": "text/plain"}, {}])
+@pytest.mark.parametrize("path", ["/api/accounts", "/api/accounts/create"])
+def test_create_ignores_a_body_not_declared_as_json_as_node_did(api, path, headers):
     _, token = api.user()
-    response = api.request("POST", "/api/accounts", token, data="currency=USD",
-                           headers={"Content-Type": "application/x-www-form-urlencoded"})
-    assert response.status_code in {400, 415}
-    assert response.get_json()["status"] == "failed"
+    for body in ("currency=USD", '{"currency": "USD"}', "{not json"):
+        response = api.request("POST", path, token, data=body, headers=headers)
+        assert response.status_code == 201, response.get_json()
+        assert response.get_json()["account"]["currency"] == "INR"
 
 
 def test_create_requires_authentication(api):

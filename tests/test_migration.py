@@ -505,3 +505,31 @@ def test_a_system_user_with_two_accounts_in_one_currency_gets_one_system_account
     assert marked == [{"_id": node.accounts["system"]}]
     assert str(node.accounts["system-spare"]) in first.output
     assert "Nothing to migrate" in second.output
+
+
+@pytest.mark.parametrize("amount", [-20, -0.5, -1000.25])
+def test_a_negative_customer_debit_is_reported_unresolved_and_keeps_the_balance_node_showed(node_app, amount):
+    """Only the *system* account's negative DEBIT is the known funding defect; on a customer account it is
+    unexplained data. It is not "repaired" (that would silently take money from the customer): it is converted
+    as it is, reported, and the customer sees the balance the Node service showed."""
+    node = node_app.node
+    transaction_id = node._transaction("alice", "bob", abs(amount), "node-odd-debit", "COMPLETED")
+    node._entry("alice", "DEBIT", amount, transaction_id)
+    node._entry("bob", "CREDIT", abs(amount), transaction_id)
+    with node_app.app_context():
+        odd_entry = db.get_db(node_app).ledgers.find_one({"transaction": transaction_id, "type": "DEBIT"})["_id"]
+    shown = {label: node.node_balance(label) for label in ("alice", "bob")}
+
+    result = run_migration(node_app)
+
+    assert result.exit_code != 0, result.output  # an operator must look
+    about_entry = [line for line in result.output.splitlines()
+                   if str(odd_entry) in line and line.startswith(("REPAIRED", "UNRESOLVED"))]
+    assert about_entry == [f"UNRESOLVED: account {node.accounts['alice']}, entry {odd_entry}: DEBIT amount "
+                           f"{Decimal(str(amount))} is not positive; converted as it is"], result.output
+    api = Api(node_app.test_client())
+    for owner in ("alice", "bob"):
+        response = api.request("GET", f"/api/accounts/balance/{node.accounts[owner]}",
+                               node_token(node.secret, node.users[owner]))
+        assert response.status_code == 200, response.get_json()
+        assert Decimal(str(response.get_json()["balance"])) == shown[owner]

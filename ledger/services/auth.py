@@ -13,7 +13,7 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import DuplicateKeyError
 
 from ledger import db
-from ledger.errors import EmailAlreadyExists, InvalidCredentials
+from ledger.errors import EmailAlreadyExists, InvalidCredentials, ServiceUnavailable
 from ledger.models import TokenBlacklist, User, to_document, utcnow
 from ledger.security import hash_password, token_hash, verify_password
 from ledger.services import notifications
@@ -56,6 +56,7 @@ def register(email: str, password: str, name: str) -> tuple[dict[str, Any], str]
 
 def authenticate(email: str, password: str) -> tuple[dict[str, Any], str]:
     """Check credentials; the same error (and the same bcrypt cost) for an unknown email and a wrong password."""
+    db.require_indexes()  # a token handed out before the blocklist's indexes exist could not be revoked safely
     user = db.get_db().users.find_one({"email": email}, {"_id": 1, "email": 1, "name": 1, "password": 1})
     if not verify_password(password, user.get("password") if user else None) or user is None:
         raise InvalidCredentials()
@@ -73,8 +74,10 @@ def is_token_revoked(encoded: str) -> bool:
 def revoke(encoded_tokens: list[str]) -> int:
     """Blocklist every valid token given until its own expiry; invalid or expired ones need nothing.
 
-    Idempotent: revoking a revoked token is a no-op. Returns how many tokens were newly revoked.
+    Idempotent: revoking a revoked token is a no-op. Returns how many tokens were newly revoked. Any spelling of
+    a token revokes the token (the key is computed from its canonical form, see :func:`token_hash`).
     """
+    db.require_indexes()  # the unique tokenHash index is what makes a concurrent double logout harmless
     revoked = 0
     for encoded in encoded_tokens:
         try:
@@ -92,7 +95,20 @@ def revoke(encoded_tokens: list[str]) -> int:
             result = db.get_db().tokenblacklists.update_one(
                 {"tokenHash": entry["tokenHash"]}, {"$setOnInsert": entry}, upsert=True
             )
-        except DuplicateKeyError:  # a concurrent logout of the same token won the upsert
-            continue
+        except DuplicateKeyError as exc:
+            if not _is_token_hash_violation(exc):
+                # Another unique index (the Node service's unique `token`, before migration) refused the entry:
+                # the token is NOT revoked, so logout must not say it is.
+                log.error("a unique index other than tokenHash refused a revocation: %s", exc.details)
+                raise ServiceUnavailable() from exc
+            continue  # a concurrent logout of the same token won the upsert
         revoked += 1 if result.upserted_id is not None else 0
     return revoked
+
+
+def _is_token_hash_violation(exc: DuplicateKeyError) -> bool:
+    details = exc.details or {}
+    pattern = details.get("keyPattern")
+    if pattern:
+        return set(pattern) == {"tokenHash"}
+    return "tokenHash_1" in str(details.get("errmsg", "")) or "tokenHash_1" in str(exc)

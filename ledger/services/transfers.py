@@ -29,7 +29,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo import UpdateOne
 from pymongo.client_session import ClientSession
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from ledger import db, metrics, money
 from ledger.errors import (
@@ -257,8 +257,13 @@ def _move(session: ClientSession, record: dict, source: dict, target: dict,
 def _execute(attempt: Any, initiator_id: ObjectId, key: str, request_fingerprint: str) -> TransferResult:
     try:
         outcome: _Attempt = db.run_in_transaction(attempt, on_retry=metrics.transaction_retry)
-    except DuplicateKeyError as exc:
-        if not _is_idempotency_key_violation(exc):
+    except (DuplicateKeyError, BulkWriteError) as exc:
+        if isinstance(exc, BulkWriteError) and not _is_duplicate_key_batch(exc):
+            raise
+        if isinstance(exc, BulkWriteError) or not _is_idempotency_key_violation(exc):
+            # Another unique index (ledger (account, seq), the outbox's dedupe key, a leftover Node index)
+            # refused a write: nothing was committed, and a retry later may pass. Never a bare 500.
+            metrics.transfer_outcome("conflict")
             log.error("unexpected duplicate key in a transfer: %s", exc.details)
             raise ServiceUnavailable() from exc
         metrics.transfer_outcome("replayed")
@@ -271,6 +276,15 @@ def _execute(attempt: Any, initiator_id: ObjectId, key: str, request_fingerprint
         raise outcome.rejection
     metrics.transfer_outcome("completed")
     return TransferResult(outcome.record, replayed=False)
+
+
+_DUPLICATE_KEY_CODES = frozenset({11000, 11001, 12582})
+
+
+def _is_duplicate_key_batch(exc: BulkWriteError) -> bool:
+    """A batch write (``insert_many``, ``bulk_write``) refused by a unique index."""
+    errors = (exc.details or {}).get("writeErrors") or []
+    return any(error.get("code") in _DUPLICATE_KEY_CODES for error in errors)
 
 
 def _is_idempotency_key_violation(exc: DuplicateKeyError) -> bool:

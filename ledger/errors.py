@@ -143,6 +143,23 @@ class InsufficientFunds(BusinessRejection):
     code = "INSUFFICIENT_FUNDS"
 
 
+class AccountStatusConflict(LedgerError):
+    """The account's current status does not allow the requested change (closed is final)."""
+
+    status_code = 409
+    message = "Account is closed"
+
+
+class AccountNotClosable(LedgerError):
+    status_code = 400
+    message = "Account cannot be closed"
+
+
+class OwnerOnly(LedgerError):
+    status_code = 403
+    message = "Forbidden, only the account owner may close it"
+
+
 class IdempotencyConflict(LedgerError):
     status_code = 422
     message = "idempotencyKey was already used with a different request"

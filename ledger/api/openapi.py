@@ -140,6 +140,24 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object", "required": ["account"], "properties": {"account": _schema("Account")},
         "additionalProperties": False,
     },
+    "AccountStatusRequest": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string", "enum": ["ACTIVE", "FROZEN", "CLOSED"]}},
+        "description": "The owner may close (`CLOSED`, final; balance 0 and nothing held); the system user "
+                       "freezes (`FROZEN`) and unfreezes (`ACTIVE`) customer accounts.",
+    },
+    "AccountStatusResponse": {
+        "type": "object", "required": ["account"],
+        "properties": {"account": {
+            "type": "object", "required": ["_id", "status", "updatedAt"],
+            "properties": {"_id": _schema("ObjectId"),
+                           "status": {"type": "string", "enum": ["ACTIVE", "FROZEN", "CLOSED"]},
+                           "updatedAt": _schema("Timestamp")},
+            "additionalProperties": False,
+        }},
+        "additionalProperties": False,
+    },
     "AccountList": {
         "type": "object", "required": ["accounts"],
         "properties": {"accounts": {"type": "array", "items": _schema("Account")}},
@@ -359,6 +377,22 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "accounts.get_account": {"get": {
         "tags": ["accounts"], "operationId": "getAccount", "summary": "One of the caller's accounts",
         "responses": {"200": _ok("The account.", "AccountResponse"), **_errors(401, 404, 503)},
+    }},
+    "accounts.change_account_status": {"patch": {
+        "tags": ["accounts"], "operationId": "changeAccountStatus",
+        "summary": "Close an account (owner) or freeze/unfreeze it (system user)",
+        "description": "A frozen or closed account neither sends nor receives. Setting the status an account "
+                       "already has is a 200 (closing excepted: closed is final, so any change after it is a "
+                       "409).",
+        "requestBody": _json_body("AccountStatusRequest"),
+        "responses": {"200": _ok("The account's new status.", "AccountStatusResponse"),
+                      "400": _error("A malformed id, a missing or unknown status, a non-zero balance or held "
+                                    "funds on close, a system account."),
+                      "403": _error("Freezing or unfreezing by anyone but the system user; closing by anyone "
+                                    "but the owner."),
+                      "404": _error("No such account, or not visible to the caller."),
+                      "409": _error("The account is closed (final), or frozen when its owner closes it."),
+                      **_errors(401, 413, 415, 503)},
     }},
     "transactions.create_transaction": {"post": {
         "tags": ["transactions"], "operationId": "createTransaction", "summary": "Transfer between accounts",

@@ -20,7 +20,7 @@ from bson import ObjectId
 
 ACCOUNT_STATUSES = ("ACTIVE", "FROZEN", "CLOSED")
 TRANSACTION_STATUSES = ("PENDING", "COMPLETED", "FAILED", "REVERSED")
-TRANSACTION_KINDS = ("TRANSFER", "INITIAL_FUNDS")
+TRANSACTION_KINDS = ("TRANSFER", "INITIAL_FUNDS", "REVERSAL")
 ENTRY_TYPES = ("DEBIT", "CREDIT")
 NOTIFICATION_STATUSES = ("PENDING", "SENDING", "SENT", "LOGGED", "PARKED")
 
@@ -86,6 +86,9 @@ class Transaction(_Base):
     initiator = me.ObjectIdField(required=True)  # idempotency keys are scoped to the calling user
     fingerprint = me.StringField(required=True)  # hash of the request the key was first used with
     failure = me.DictField()  # {"code", "message", "httpStatus"} for FAILED attempts
+    reverses = me.ObjectIdField()  # on a REVERSAL: the transaction it reverses
+    reversedBy = me.ObjectIdField()  # on a REVERSED transaction: its reversal (set once, by a conditional update)
+    reason = me.StringField(max_length=500)  # a reversal's reason, as the operator gave it
     createdAt = me.DateTimeField(required=True)
     updatedAt = me.DateTimeField(required=True)
 

@@ -16,7 +16,7 @@ from apispec import APISpec
 from flask import Blueprint, Flask, current_app, jsonify
 from werkzeug.routing import Rule
 
-from ledger import money, validation
+from ledger import models, money, validation
 
 bp = Blueprint("openapi", __name__)
 
@@ -158,6 +158,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         }},
         "additionalProperties": False,
     },
+    "ReversalRequest": {
+        "type": "object",
+        "required": ["idempotencyKey"],
+        "properties": {"idempotencyKey": _schema("IdempotencyKey"),
+                       "reason": {"type": "string", "maxLength": 500}},
+    },
     "AccountList": {
         "type": "object", "required": ["accounts"],
         "properties": {"accounts": {"type": "array", "items": _schema("Account")}},
@@ -178,10 +184,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "toAccount": _schema("ObjectId"),
             "amount": _schema("Money"),
             "currency": _schema("Currency"),
+            "kind": {"type": "string", "enum": list(models.TRANSACTION_KINDS)},
             "status": {"type": "string", "enum": ["PENDING", "COMPLETED", "FAILED", "REVERSED"]},
             "idempotencyKey": _schema("IdempotencyKey"),
             "createdAt": _schema("Timestamp"),
             "updatedAt": _schema("Timestamp"),
+            "reverses": {**_schema("ObjectId"), "description": "On a REVERSAL: the transaction it reverses."},
+            "reversedBy": {**_schema("ObjectId"), "description": "On a REVERSED transaction: its reversal."},
         },
         "additionalProperties": False,
     },
@@ -421,9 +430,27 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                                     "inactive target.", **_TRANSFER_HEADERS),
                       **_errors(401, 403, 409, 413, 415, 422, 503)},
     }},
+    "transactions.reverse_transaction": {"post": {
+        "tags": ["transactions"], "operationId": "reverseTransaction",
+        "summary": "Reverse a completed transfer or funding in full (system user only)",
+        "description": "One database transaction writes the REVERSAL, both entries, the links both ways and "
+                       "the original's REVERSED status. Exactly once per original, whatever the keys; a "
+                       "reversal the recipient can no longer cover is recorded FAILED and replayed.",
+        "parameters": [IDEMPOTENCY_KEY_HEADER],
+        "requestBody": _json_body("ReversalRequest"),
+        "responses": {"201": _ok("Reversed, or a replay of that reversal.", "TransactionResponse",
+                                 **_TRANSFER_HEADERS),
+                      "400": _error("A malformed id or key, or the original recipient no longer holds the "
+                                    "amount (insufficient balance, recorded and replayed).", **_TRANSFER_HEADERS),
+                      "404": _error("`Transaction not found`."),
+                      "409": _error("The original is not a COMPLETED transfer or funding (failed, already "
+                                    "reversed, a reversal), or still pending."),
+                      **_errors(401, 403, 413, 415, 422, 503)},
+    }},
 }
 
-_PATH_PARAMETER_SCHEMAS = {"account_id": _schema("ObjectId"), "user_id": _schema("ObjectId")}
+_PATH_PARAMETER_SCHEMAS = {"account_id": _schema("ObjectId"), "user_id": _schema("ObjectId"),
+                           "transaction_id": _schema("ObjectId")}
 
 
 # ----------------------------------------------------------------------------------------- building

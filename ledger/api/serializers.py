@@ -27,8 +27,13 @@ def transaction_json(txn: dict[str, Any]) -> dict[str, Any]:
         "toAccount": str(txn["toAccount"]),
         "amount": to_major(txn["amount"], currency),
         "currency": currency,
+        "kind": txn.get("kind") or "TRANSFER",
         "status": txn["status"],
         "idempotencyKey": txn["idempotencyKey"],
         "createdAt": txn.get("createdAt"),
         "updatedAt": txn.get("updatedAt"),
+        **{name: str(txn[name]) for name in _LINKS if txn.get(name) is not None},
     }
+
+
+_LINKS = ("reverses", "reversedBy")

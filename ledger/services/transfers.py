@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 TRANSFER = "TRANSFER"
 INITIAL_FUNDS = "INITIAL_FUNDS"
+REVERSAL = "REVERSAL"
 
 _ACCOUNT_READ = {"_id": 1, "user": 1, "status": 1, "currency": 1, "balance": 1, "seq": 1, "systemCurrency": 1}
 
@@ -195,7 +196,7 @@ def _to_minor(amount: Decimal, currency: str) -> int:
 
 
 def _record(kind: str, source: dict, target: dict, amount_minor: int, key: str, initiator_id: ObjectId,
-            request_fingerprint: str, rejection: BusinessRejection | None) -> dict[str, Any]:
+            request_fingerprint: str, rejection: BusinessRejection | None, **extra: Any) -> dict[str, Any]:
     now = utcnow()
     return to_document(
         Transaction,
@@ -211,6 +212,7 @@ def _record(kind: str, source: dict, target: dict, amount_minor: int, key: str, 
         failure=rejection.as_failure() if rejection else {},
         createdAt=now,
         updatedAt=now,
+        **extra,
     )
 
 

@@ -94,6 +94,8 @@ class Config:
         self.OUTBOX_BACKOFF_MAX_SECONDS = float(env("OUTBOX_BACKOFF_MAX_SECONDS") or 3600)
         self.OUTBOX_LEASE_SECONDS = float(env("OUTBOX_LEASE_SECONDS") or 120)  # > MAIL_TIMEOUT_SECONDS
         self.MAIL_TIMEOUT_SECONDS = float(env("MAIL_TIMEOUT_SECONDS") or 10)
+        # How often expired holds are marked EXPIRED (tidying only: expiry is exact without it). 0 turns it off.
+        self.HOLD_SWEEP_SECONDS = float(env("HOLD_SWEEP_SECONDS") or 30)
 
         self.LOG_LEVEL = env("LOG_LEVEL") or "INFO"
         # How many reverse proxies (load balancers) sit in front of the app. Their X-Forwarded-For/-Proto are
@@ -148,6 +150,7 @@ class TestingConfig(Config):
         self.SYSTEM_USER_EMAIL = self.SYSTEM_USER_PASSWORD = self.SYSTEM_USER_NAME = None
         self.MAIL_SERVER = None
         self.OUTBOX_SENDER_ENABLED = False
+        self.HOLD_SWEEP_SECONDS = 0.0
         self.RATELIMIT_ENABLED = False  # tests that check limits build their app with RATELIMIT_ENABLED=True
         self.RATELIMIT_STORAGE_URI = "memory://"
 

@@ -170,6 +170,18 @@ class TransactionNotReversible(LedgerError):
     message = "Transaction cannot be reversed"
 
 
+class HoldNotFound(LedgerError):
+    status_code = 404
+    message = "Hold not found"
+
+
+class HoldConflict(LedgerError):
+    """Capture, void and expiry race: the loser hears the status that won."""
+
+    status_code = 409
+    message = "Hold is no longer active"
+
+
 class IdempotencyConflict(LedgerError):
     status_code = 422
     message = "idempotencyKey was already used with a different request"

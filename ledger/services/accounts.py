@@ -18,7 +18,8 @@ from ledger.errors import (
 )
 from ledger.models import Account, to_document, utcnow
 
-ACCOUNT_FIELDS = {"_id": 1, "user": 1, "status": 1, "currency": 1, "balance": 1, "createdAt": 1, "updatedAt": 1}
+ACCOUNT_FIELDS = {"_id": 1, "user": 1, "status": 1, "currency": 1, "balance": 1, "held": 1, "createdAt": 1,
+                  "updatedAt": 1}
 
 
 def open_account(owner_id: ObjectId, currency: str) -> dict[str, Any]:
@@ -30,8 +31,16 @@ def open_account(owner_id: ObjectId, currency: str) -> dict[str, Any]:
     return account
 
 
+def with_available(account: dict[str, Any]) -> dict[str, Any]:
+    """The account with ``available``: its balance less what unexpired holds reserve (minor units)."""
+    from ledger.services.holds import available_balance
+
+    account["available"] = available_balance(account)
+    return account
+
+
 def list_accounts(owner_id: ObjectId) -> list[dict[str, Any]]:
-    return list(db.get_db().accounts.find({"user": owner_id}, ACCOUNT_FIELDS))
+    return [with_available(a) for a in db.get_db().accounts.find({"user": owner_id}, ACCOUNT_FIELDS)]
 
 
 def get_account(owner_id: ObjectId, account_id: ObjectId | None) -> dict[str, Any]:
@@ -41,7 +50,7 @@ def get_account(owner_id: ObjectId, account_id: ObjectId | None) -> dict[str, An
     account = db.get_db().accounts.find_one({"_id": account_id, "user": owner_id}, ACCOUNT_FIELDS)
     if account is None:
         raise AccountNotFound()
-    return account
+    return with_available(account)
 
 
 # ------------------------------------------------------------------------------------- lifecycle

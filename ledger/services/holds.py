@@ -47,7 +47,6 @@ from ledger.services import notifications
 from ledger.services.transfers import (
     _ACCOUNT_READ,
     HOLD_CAPTURE,
-    TransferResult,
     _AccountChanged,
     _Attempt,
     _is_idempotency_key_violation,
@@ -169,6 +168,7 @@ def capture(caller: dict[str, Any], hold_id: ObjectId, amount: Decimal | None, k
     caller_id = caller["_id"]
     wanted = "all" if amount is None else format(amount.normalize(), "f")
     request_fingerprint = hashlib.sha256(f"{HOLD_CAPTURE}|{hold_id}|{wanted}".encode()).hexdigest()
+    captured_hold: dict[str, dict[str, Any]] = {}  # the hold as this attempt left it (no read after commit)
 
     def attempt(session: ClientSession) -> _Attempt:
         database = db.get_db()
@@ -200,6 +200,8 @@ def capture(caller: dict[str, Any], hold_id: ObjectId, amount: Decimal | None, k
                       "updatedAt": now}}, session=session)
         if won.matched_count != 1:
             raise _AccountChanged()  # voided, captured or expired since our read: rerun and answer 409
+        captured_hold["hold"] = {**hold, "status": "CAPTURED", "capturedAmount": captured,
+                                 "captureTransaction": record["_id"], "updatedAt": now}
         debit_after, credit_after = _move(session, record, source, target, owner_id=caller_id,
                                           release=hold["amount"])
         notifications.enqueue(session, notifications.transfer_messages(
@@ -208,16 +210,16 @@ def capture(caller: dict[str, Any], hold_id: ObjectId, amount: Decimal | None, k
 
     try:
         outcome: _Attempt = db.run_in_transaction(attempt, on_retry=metrics.transaction_retry)
-        result = TransferResult(outcome.record, replayed=False)
     except (_AlreadyUsedKey, DuplicateKeyError) as exc:
         if isinstance(exc, DuplicateKeyError) and not _is_idempotency_key_violation(exc):
             log.error("unexpected duplicate key capturing a hold: %s", exc.details)
             raise ServiceUnavailable() from exc
-        result = _replay(caller_id, key, request_fingerprint)
+        replay = _replay(caller_id, key, request_fingerprint)
+        stored_hold = db.get_db().holds.find_one({"_id": replay.transaction["hold"]})
+        return CaptureResult(stored_hold, replay.transaction, replayed=True)
     except db.TransactionRetriesExhausted as exc:
         raise ServiceUnavailable() from exc
-    stored_hold = db.get_db().holds.find_one({"_id": result.transaction["hold"]})
-    return CaptureResult(stored_hold, result.transaction, result.replayed)
+    return CaptureResult(captured_hold["hold"], outcome.record, replayed=False)
 
 
 # -------------------------------------------------------------------------------------------- void

@@ -15,7 +15,7 @@ from decimal import Decimal
 import pytest
 
 from tests.gunicorn_process import running_gunicorn
-from tests.test_e2e_transfers import Bank, Client, Server, run_together, transfer
+from tests.test_e2e_transfers import Bank, Client, Reply, Server, run_together, transfer
 
 pytestmark = pytest.mark.e2e
 
@@ -113,3 +113,72 @@ def test_a_close_racing_a_credit_never_leaves_money_in_a_closed_account(server, 
             assert (status, balance) == ("ACTIVE", 1)
         outcomes.append(close.status)
     assert bank.balance(payer, source) == 100 - outcomes.count(400)
+
+
+def create_hold(client: Client, token: str, source: str, target: str, amount) -> str:
+    reply = client.call("POST", "/api/holds", token, body={"fromAccount": source, "toAccount": target,
+                                                           "amount": amount, "idempotencyKey": uuid.uuid4().hex})
+    assert reply.status == 201, reply.body
+    return reply.body["hold"]["_id"]
+
+
+def test_capture_and_void_race_and_exactly_one_wins(server, bank):
+    owner, payee = bank.user(), bank.user()
+    source = bank.account(owner, funds=100)
+    target = bank.account(payee)
+    captured = 0
+    for _ in range(10):
+        hold_id = create_hold(bank.client, owner, source, target, 5)
+
+        def race(client: Client, index: int, hold_id: str = hold_id):
+            if index == 0:
+                return client.call("POST", f"/api/holds/{hold_id}/capture", owner,
+                                   body={"idempotencyKey": uuid.uuid4().hex})
+            return client.call("POST", f"/api/holds/{hold_id}/void", owner, body={})
+
+        capture, void = run_together(server, 2, race)
+        assert sorted([capture.status, void.status]) == [200, 409], (capture.body, void.body)
+        loser = capture if capture.status == 409 else void
+        winner_status = "CAPTURED" if capture.status == 200 else "VOIDED"
+        assert loser.body["message"] == f"Hold is {winner_status}"
+        captured += capture.status == 200
+    reply = bank.client.call("GET", f"/api/accounts/balance/{source}", owner)
+    assert Decimal(reply.body["balance"]) == Decimal(reply.body["availableBalance"]) == 100 - 5 * captured
+    assert bank.balance(payee, target) == 5 * captured
+
+
+def test_concurrent_reversals_with_different_keys_reverse_once(server, bank):
+    owner, payee = bank.user(), bank.user()
+    source = bank.account(owner, funds=100)
+    target = bank.account(payee)
+    paid = transfer(bank.client, owner, source, target, 40)
+    assert paid.status == 200
+    txn_id = paid.body["transaction"]["_id"]
+
+    replies = run_together(server, 8, lambda client, index: client.call(
+        "POST", f"/api/transactions/{txn_id}/reverse", bank.system_token,
+        body={"idempotencyKey": uuid.uuid4().hex}))
+    assert sorted(r.status for r in replies) == [201] + [409] * 7, [r.body for r in replies]
+    assert bank.balance(owner, source) == 100
+    assert bank.balance(payee, target) == 0
+
+
+def test_transfers_and_holds_racing_for_the_last_of_the_balance(server, bank):
+    owner, payee = bank.user(), bank.user()
+    source = bank.account(owner, funds=100)
+    target = bank.account(payee)
+
+    def race(client: Client, index: int) -> Reply:
+        if index % 2:
+            return client.call("POST", "/api/holds", owner, body={
+                "fromAccount": source, "toAccount": target, "amount": 30, "idempotencyKey": uuid.uuid4().hex})
+        return transfer(client, owner, source, target, 30)
+
+    replies = run_together(server, 8, race)
+    won = [r for r in replies if r.status in (200, 201)]
+    assert len(won) == 3, [r.body for r in replies]
+    assert all(r.status == 400 for r in replies if r not in won)
+    reply = bank.client.call("GET", f"/api/accounts/balance/{source}", owner)
+    moved = 30 * sum(r.status == 200 for r in won)
+    assert Decimal(reply.body["balance"]) == 100 - moved
+    assert Decimal(reply.body["availableBalance"]) == 10

@@ -117,6 +117,8 @@ class Config:
         self.OUTBOX_TRANSPORT_BACKOFF_SECONDS = float(env("OUTBOX_TRANSPORT_BACKOFF_SECONDS") or 10)
         self.OUTBOX_TRANSPORT_BACKOFF_MAX_SECONDS = float(env("OUTBOX_TRANSPORT_BACKOFF_MAX_SECONDS") or 300)
         self.MAIL_TIMEOUT_SECONDS = float(env("MAIL_TIMEOUT_SECONDS") or 10)
+        # How often expired holds are marked EXPIRED (tidying only: expiry is exact without it). 0 turns it off.
+        self.HOLD_SWEEP_SECONDS = float(env("HOLD_SWEEP_SECONDS") or 30)
 
         self.LOG_LEVEL = env("LOG_LEVEL") or "INFO"
         # How many reverse proxies (load balancers) sit in front of the app. Their X-Forwarded-For/-Proto are
@@ -195,6 +197,7 @@ class TestingConfig(Config):
         self.MAIL_BACKEND = None
         self.MAIL_USERNAME = self.MAIL_PASSWORD = None
         self.OUTBOX_SENDER_ENABLED = False
+        self.HOLD_SWEEP_SECONDS = 0.0
         self.RATELIMIT_ENABLED = False  # tests that check limits build their app with RATELIMIT_ENABLED=True
         self.RATELIMIT_STORAGE_URI = "memory://"
 

@@ -107,6 +107,9 @@ def initialize_database(app: Flask) -> None:
     from ledger import mailer
 
     mailer.start_background_sender(app)
+    from ledger.services import holds
+
+    holds.install_sweeper(app)
 
 
 STARTUP_RETRY_SECONDS = 5.0

@@ -143,6 +143,45 @@ class InsufficientFunds(BusinessRejection):
     code = "INSUFFICIENT_FUNDS"
 
 
+class AccountStatusConflict(LedgerError):
+    """The account's current status does not allow the requested change (closed is final)."""
+
+    status_code = 409
+    message = "Account is closed"
+
+
+class AccountNotClosable(LedgerError):
+    status_code = 400
+    message = "Account cannot be closed"
+
+
+class OwnerOnly(LedgerError):
+    status_code = 403
+    message = "Forbidden, only the account owner may close it"
+
+
+class TransactionNotFound(LedgerError):
+    status_code = 404
+    message = "Transaction not found"
+
+
+class TransactionNotReversible(LedgerError):
+    status_code = 409
+    message = "Transaction cannot be reversed"
+
+
+class HoldNotFound(LedgerError):
+    status_code = 404
+    message = "Hold not found"
+
+
+class HoldConflict(LedgerError):
+    """Capture, void and expiry race: the loser hears the status that won."""
+
+    status_code = 409
+    message = "Hold is no longer active"
+
+
 class IdempotencyConflict(LedgerError):
     status_code = 422
     message = "idempotencyKey was already used with a different request"

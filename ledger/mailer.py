@@ -44,7 +44,13 @@ from flask_mail import BadHeaderError, Connection, Mail, Message
 
 from ledger import validation
 from ledger.errors import ValidationFailed
-from ledger.services.notifications import CREDIT_NOTICE, FUNDING_CREDIT_NOTICE, TRANSFER_RECEIPT, WELCOME
+from ledger.services.notifications import (
+    CREDIT_NOTICE,
+    FUNDING_CREDIT_NOTICE,
+    REVERSAL_NOTICE,
+    TRANSFER_RECEIPT,
+    WELCOME,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,7 @@ SUBJECTS = {
     TRANSFER_RECEIPT: "Transfer receipt: {amount} sent",
     CREDIT_NOTICE: "Credit notice: {amount} received",
     FUNDING_CREDIT_NOTICE: "Credit notice: initial funds of {amount} received",
+    REVERSAL_NOTICE: "Reversal notice: a transaction of {amount} was reversed",
 }
 
 

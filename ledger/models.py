@@ -20,7 +20,8 @@ from bson import ObjectId
 
 ACCOUNT_STATUSES = ("ACTIVE", "FROZEN", "CLOSED")
 TRANSACTION_STATUSES = ("PENDING", "COMPLETED", "FAILED", "REVERSED")
-TRANSACTION_KINDS = ("TRANSFER", "INITIAL_FUNDS")
+TRANSACTION_KINDS = ("TRANSFER", "INITIAL_FUNDS", "REVERSAL", "HOLD_CAPTURE")
+HOLD_STATUSES = ("ACTIVE", "CAPTURED", "VOIDED", "EXPIRED", "FAILED")  # FAILED: a refused request, recorded
 ENTRY_TYPES = ("DEBIT", "CREDIT")
 NOTIFICATION_STATUSES = ("PENDING", "SENDING", "SENT", "LOGGED", "PARKED")
 
@@ -58,6 +59,7 @@ class Account(_Base):
     status = me.StringField(required=True, choices=ACCOUNT_STATUSES, default="ACTIVE")
     currency = me.StringField(required=True, min_length=3, max_length=3, default="INR")
     balance = me.LongField(required=True, default=0)  # minor units
+    held = me.LongField(min_value=0)  # minor units reserved by ACTIVE holds (absent: nothing ever held)
     seq = me.LongField(required=True, default=0)  # number of ledger entries on this account
     systemUser = me.BooleanField(default=False)
     # Present only on the system user's accounts: one system account per currency (unique, sparse).
@@ -86,6 +88,10 @@ class Transaction(_Base):
     initiator = me.ObjectIdField(required=True)  # idempotency keys are scoped to the calling user
     fingerprint = me.StringField(required=True)  # hash of the request the key was first used with
     failure = me.DictField()  # {"code", "message", "httpStatus"} for FAILED attempts
+    reverses = me.ObjectIdField()  # on a REVERSAL: the transaction it reverses
+    reversedBy = me.ObjectIdField()  # on a REVERSED transaction: its reversal (set once, by a conditional update)
+    reason = me.StringField(max_length=500)  # a reversal's reason, as the operator gave it
+    hold = me.ObjectIdField()  # on a HOLD_CAPTURE: the hold it captured
     createdAt = me.DateTimeField(required=True)
     updatedAt = me.DateTimeField(required=True)
 
@@ -94,6 +100,36 @@ class Transaction(_Base):
         "indexes": [
             {"fields": ["initiator", "idempotencyKey"], "unique": True},
             {"fields": ["fromAccount"]},
+            {"fields": ["toAccount"]},
+        ],
+    }
+
+
+class Hold(_Base):
+    """Money reserved on ``fromAccount`` for ``toAccount``: counted in the account's ``held`` while ACTIVE."""
+
+    fromAccount = me.ObjectIdField(required=True)
+    toAccount = me.ObjectIdField(required=True)
+    owner = me.ObjectIdField(required=True)  # the user owning fromAccount, who alone captures and voids
+    amount = me.LongField(required=True, min_value=1)  # minor units
+    currency = me.StringField(required=True, min_length=3, max_length=3)
+    status = me.StringField(required=True, choices=HOLD_STATUSES)
+    expiresAt = me.DateTimeField(required=True)
+    idempotencyKey = me.StringField(required=True, min_length=1, max_length=255)
+    initiator = me.ObjectIdField(required=True)
+    fingerprint = me.StringField(required=True)
+    failure = me.DictField()
+    capturedAmount = me.LongField(min_value=1)
+    captureTransaction = me.ObjectIdField()
+    createdAt = me.DateTimeField(required=True)
+    updatedAt = me.DateTimeField(required=True)
+
+    meta = {
+        "collection": "holds",
+        "indexes": [
+            {"fields": ["initiator", "idempotencyKey"], "unique": True},
+            {"fields": ["fromAccount", "status", "expiresAt"]},  # an account's active holds; its due ones
+            {"fields": ["status", "expiresAt"]},  # the expiry sweep
             {"fields": ["toAccount"]},
         ],
     }
@@ -191,7 +227,7 @@ class Notification(_Base):
     }
 
 
-ALL_MODELS: tuple[type[_Base], ...] = (User, Account, Transaction, LedgerEntry, TokenBlacklist, Notification)
+ALL_MODELS: tuple[type[_Base], ...] = (User, Account, Transaction, LedgerEntry, TokenBlacklist, Notification, Hold)
 
 
 def to_document(model: type[_Base], **fields: Any) -> dict[str, Any]:

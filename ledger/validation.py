@@ -119,6 +119,22 @@ def currency(value: Any, field: str = "currency") -> str:
         raise _fail(field, str(exc)) from exc
 
 
+REASON_MAX_LENGTH = 500
+
+
+def reason(value: Any, field: str = "reason") -> str | None:
+    """An operator's free-text reason: optional, text of at most 500 characters, no control characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _fail(field, f"{field} must be a string")
+    if len(value) > REASON_MAX_LENGTH:
+        raise _fail(field, f"{field} must be at most {REASON_MAX_LENGTH} characters")
+    if any(_is_control(ch) for ch in value):
+        raise _fail(field, f"{field} must not contain control characters")
+    return value.strip() or None
+
+
 def is_missing(value: Any) -> bool:
     """Missing or empty, as the Node service's ``if (!field)`` check saw it (0 and false count as given)."""
     return value is None or (isinstance(value, str) and value == "")

@@ -5,7 +5,7 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from ledger.api import accounts, auth, docs, openapi, ops, transactions
+    from ledger.api import accounts, auth, docs, holds, openapi, ops, transactions
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(openapi.bp)
@@ -13,3 +13,4 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(auth.bp, url_prefix="/api/auth")
     app.register_blueprint(accounts.bp, url_prefix="/api/accounts")
     app.register_blueprint(transactions.bp, url_prefix="/api/transactions")
+    app.register_blueprint(holds.bp, url_prefix="/api/holds")

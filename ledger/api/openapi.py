@@ -16,7 +16,7 @@ from apispec import APISpec
 from flask import Blueprint, Flask, current_app, jsonify
 from werkzeug.routing import Rule
 
-from ledger import money, validation
+from ledger import models, money, validation
 from ledger.api import docs
 
 bp = Blueprint("openapi", __name__)
@@ -117,13 +117,15 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "Account": {
         "type": "object",
-        "required": ["_id", "user", "status", "currency", "balance", "createdAt", "updatedAt"],
+        "required": ["_id", "user", "status", "currency", "balance", "availableBalance", "createdAt", "updatedAt"],
         "properties": {
             "_id": _schema("ObjectId"),
             "user": _schema("ObjectId"),
             "status": {"type": "string", "enum": ["ACTIVE", "FROZEN", "CLOSED"]},
             "currency": _schema("Currency"),
             "balance": _schema("Balance"),
+            "availableBalance": {**_schema("Balance"),
+                                 "description": "balance minus what unexpired holds reserve"},
             "createdAt": _schema("Timestamp"),
             "updatedAt": _schema("Timestamp"),
         },
@@ -141,14 +143,86 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object", "required": ["account"], "properties": {"account": _schema("Account")},
         "additionalProperties": False,
     },
+    "AccountStatusRequest": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string", "enum": ["ACTIVE", "FROZEN", "CLOSED"]}},
+        "description": "The owner may close (`CLOSED`, final; balance 0 and nothing held); the system user "
+                       "freezes (`FROZEN`) and unfreezes (`ACTIVE`) customer accounts.",
+    },
+    "AccountStatusResponse": {
+        "type": "object", "required": ["account"],
+        "properties": {"account": {
+            "type": "object", "required": ["_id", "status", "updatedAt"],
+            "properties": {"_id": _schema("ObjectId"),
+                           "status": {"type": "string", "enum": ["ACTIVE", "FROZEN", "CLOSED"]},
+                           "updatedAt": _schema("Timestamp")},
+            "additionalProperties": False,
+        }},
+        "additionalProperties": False,
+    },
+    "ReversalRequest": {
+        "type": "object",
+        "required": ["idempotencyKey"],
+        "properties": {"idempotencyKey": _schema("IdempotencyKey"),
+                       "reason": {"type": "string", "maxLength": 500}},
+    },
+    "Hold": {
+        "type": "object",
+        "required": ["_id", "fromAccount", "toAccount", "amount", "currency", "status", "expiresAt", "createdAt",
+                     "updatedAt"],
+        "properties": {
+            "_id": _schema("ObjectId"),
+            "fromAccount": _schema("ObjectId"),
+            "toAccount": _schema("ObjectId"),
+            "amount": _schema("Money"),
+            "currency": _schema("Currency"),
+            "status": {"type": "string", "enum": ["ACTIVE", "CAPTURED", "VOIDED", "EXPIRED"],
+                       "description": "An ACTIVE hold past expiresAt is EXPIRED from that instant."},
+            "expiresAt": _schema("Timestamp"),
+            "createdAt": _schema("Timestamp"),
+            "updatedAt": _schema("Timestamp"),
+            "capturedAmount": _schema("Money"),
+        },
+        "additionalProperties": False,
+    },
+    "HoldResponse": {
+        "type": "object", "required": ["hold"], "properties": {"hold": _schema("Hold")},
+        "additionalProperties": False,
+    },
+    "HoldList": {
+        "type": "object", "required": ["holds"],
+        "properties": {"holds": {"type": "array", "items": _schema("Hold")}},
+        "additionalProperties": False,
+    },
+    "CaptureResponse": {
+        "type": "object", "required": ["hold", "transaction"],
+        "properties": {"hold": _schema("Hold"), "transaction": _schema("Transaction")},
+        "additionalProperties": False,
+    },
+    "HoldRequest": {
+        "type": "object",
+        "required": ["fromAccount", "toAccount", "amount", "idempotencyKey"],
+        "properties": {"fromAccount": _schema("ObjectId"), "toAccount": _schema("ObjectId"),
+                       "amount": _schema("Money"), "idempotencyKey": _schema("IdempotencyKey"),
+                       "expiresInSeconds": {"type": "integer", "minimum": 60, "maximum": 604800,
+                                            "default": 86400}},
+    },
+    "CaptureRequest": {
+        "type": "object",
+        "required": ["idempotencyKey"],
+        "properties": {"idempotencyKey": _schema("IdempotencyKey"),
+                       "amount": {**_schema("Money"), "description": "At most the held amount; absent: all."}},
+    },
     "AccountList": {
         "type": "object", "required": ["accounts"],
         "properties": {"accounts": {"type": "array", "items": _schema("Account")}},
         "additionalProperties": False,
     },
     "BalanceResponse": {
-        "type": "object", "required": ["accountId", "balance"],
-        "properties": {"accountId": _schema("ObjectId"), "balance": _schema("Balance")},
+        "type": "object", "required": ["accountId", "balance", "availableBalance"],
+        "properties": {"accountId": _schema("ObjectId"), "balance": _schema("Balance"),
+                       "availableBalance": _schema("Balance")},
         "additionalProperties": False,
     },
     "Transaction": {
@@ -161,10 +235,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "toAccount": _schema("ObjectId"),
             "amount": _schema("Money"),
             "currency": _schema("Currency"),
+            "kind": {"type": "string", "enum": list(models.TRANSACTION_KINDS)},
             "status": {"type": "string", "enum": ["PENDING", "COMPLETED", "FAILED", "REVERSED"]},
             "idempotencyKey": _schema("IdempotencyKey"),
             "createdAt": _schema("Timestamp"),
             "updatedAt": _schema("Timestamp"),
+            "reverses": {**_schema("ObjectId"), "description": "On a REVERSAL: the transaction it reverses."},
+            "reversedBy": {**_schema("ObjectId"), "description": "On a REVERSED transaction: its reversal."},
         },
         "additionalProperties": False,
     },
@@ -387,6 +464,22 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "tags": ["accounts"], "operationId": "getAccount", "summary": "One of the caller's accounts",
         "responses": {"200": _ok("The account.", "AccountResponse"), **_errors(401, 404, 503)},
     }},
+    "accounts.change_account_status": {"patch": {
+        "tags": ["accounts"], "operationId": "changeAccountStatus",
+        "summary": "Close an account (owner) or freeze/unfreeze it (system user)",
+        "description": "A frozen or closed account neither sends nor receives. Setting the status an account "
+                       "already has is a 200 (closing excepted: closed is final, so any change after it is a "
+                       "409).",
+        "requestBody": _json_body("AccountStatusRequest"),
+        "responses": {"200": _ok("The account's new status.", "AccountStatusResponse"),
+                      "400": _error("A malformed id, a missing or unknown status, a non-zero balance or held "
+                                    "funds on close, a system account."),
+                      "403": _error("Freezing or unfreezing by anyone but the system user; closing by anyone "
+                                    "but the owner."),
+                      "404": _error("No such account, or not visible to the caller."),
+                      "409": _error("The account is closed (final), or frozen when its owner closes it."),
+                      **_errors(401, 413, 415, 503)},
+    }},
     "transactions.create_transaction": {"post": {
         "tags": ["transactions"], "operationId": "createTransaction", "summary": "Transfer between accounts",
         "description": "Exactly once per (caller, idempotencyKey). A replay answers with the first attempt's "
@@ -414,10 +507,72 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                                     "inactive target.", **_TRANSFER_HEADERS),
                       **_errors(401, 403, 409, 413, 415, 422, 503)},
     }},
+    "transactions.reverse_transaction": {"post": {
+        "tags": ["transactions"], "operationId": "reverseTransaction",
+        "summary": "Reverse a completed transfer or funding in full (system user only)",
+        "description": "One database transaction writes the REVERSAL, both entries, the links both ways and "
+                       "the original's REVERSED status. Exactly once per original, whatever the keys; a "
+                       "reversal the recipient can no longer cover is recorded FAILED and replayed.",
+        "parameters": [IDEMPOTENCY_KEY_HEADER],
+        "requestBody": _json_body("ReversalRequest"),
+        "responses": {"201": _ok("Reversed, or a replay of that reversal.", "TransactionResponse",
+                                 **_TRANSFER_HEADERS),
+                      "400": _error("A malformed id or key, or the original recipient no longer holds the "
+                                    "amount (insufficient balance, recorded and replayed).", **_TRANSFER_HEADERS),
+                      "404": _error("`Transaction not found`."),
+                      "409": _error("The original is not a COMPLETED transfer or funding (failed, already "
+                                    "reversed, a reversal), or still pending."),
+                      **_errors(401, 403, 413, 415, 422, 503)},
+    }},
+    "accounts.list_holds": {"get": {
+        "tags": ["holds"], "operationId": "listAccountHolds", "summary": "The account's unexpired ACTIVE holds",
+        "responses": {"200": _ok("Soonest expiry first.", "HoldList"),
+                      "400": _error("A malformed id."), **_errors(401, 404, 503)},
+    }},
+    "holds.create_hold": {"post": {
+        "tags": ["holds"], "operationId": "createHold", "summary": "Reserve money on the caller's account",
+        "description": "The rules of a transfer, with the funds check against availableBalance. No money "
+                       "moves; availableBalance drops by the amount until capture, void or expiry. Idempotent "
+                       "per (caller, idempotencyKey); refusals are recorded and replayed.",
+        "parameters": [IDEMPOTENCY_KEY_HEADER],
+        "requestBody": _json_body("HoldRequest"),
+        "responses": {"201": _ok("Held, or a replay of that hold.", "HoldResponse", **_TRANSFER_HEADERS),
+                      "400": _error("Missing fields, bad types or ids, a bad amount or expiry, `One or both "
+                                    "accounts not found`, inactive accounts, a currency mismatch or "
+                                    "insufficient available balance.", **_TRANSFER_HEADERS),
+                      **_errors(401, 409, 413, 415, 422, 429, 503)},
+    }},
+    "holds.capture_hold": {"post": {
+        "tags": ["holds"], "operationId": "captureHold", "summary": "Capture all or part of a hold",
+        "description": "Exactly once: a HOLD_CAPTURE transfer with ledger entries; a partial capture releases "
+                       "the rest. Capture, void and expiry race safely: one wins, the others get 409.",
+        "parameters": [IDEMPOTENCY_KEY_HEADER],
+        "requestBody": _json_body("CaptureRequest"),
+        "responses": {"200": _ok("Captured, or a replay of that capture.", "CaptureResponse",
+                                 **_TRANSFER_HEADERS),
+                      "400": _error("A malformed id or key, more than held, an inactive account."),
+                      "404": _error("`Hold not found` (or not the caller's)."),
+                      "409": _error("The hold is no longer ACTIVE: `Hold is CAPTURED|VOIDED|EXPIRED`."),
+                      **_errors(401, 413, 415, 422, 429, 503)},
+    }},
+    "holds.void_hold": {"post": {
+        "tags": ["holds"], "operationId": "voidHold", "summary": "Release a hold",
+        "responses": {"200": _ok("Voided.", "HoldResponse"),
+                      "400": _error("A malformed id."),
+                      "404": _error("`Hold not found` (or not the caller's)."),
+                      "409": _error("The hold is no longer ACTIVE: `Hold is CAPTURED|VOIDED|EXPIRED`."),
+                      **_errors(401, 503)},
+    }},
+    "holds.get_hold": {"get": {
+        "tags": ["holds"], "operationId": "getHold", "summary": "A hold (owner of either account)",
+        "responses": {"200": _ok("The hold.", "HoldResponse"),
+                      "400": _error("A malformed id."), **_errors(401, 404, 503)},
+    }},
 }
 
 _PATH_PARAMETER_SCHEMAS = {"account_id": _schema("ObjectId"), "user_id": _schema("ObjectId"),
-                           "asset_name": {"type": "string", "enum": list(docs.ASSET_NAMES)}}
+                           "asset_name": {"type": "string", "enum": list(docs.ASSET_NAMES)},
+                           "transaction_id": _schema("ObjectId"), "hold_id": _schema("ObjectId")}
 
 
 # ----------------------------------------------------------------------------------------- building
@@ -453,7 +608,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
             "100 KB answer 413, JSON nested deeper than 32 levels answers 400. Every response carries "
             "X-Request-ID; every /api response but the files of `/api/docs` carries `Cache-Control: no-store`."
         )},
-        tags=[{"name": "auth"}, {"name": "accounts"}, {"name": "transactions"}, {"name": "operations"}],
+        tags=[{"name": "auth"}, {"name": "accounts"}, {"name": "transactions"}, {"name": "holds"},
+              {"name": "operations"}],
         security=AUTHENTICATED,
     )
     for name, schema in SCHEMAS.items():

@@ -14,6 +14,7 @@ def account_json(account: dict[str, Any]) -> dict[str, Any]:
         "status": account["status"],
         "currency": account["currency"],
         "balance": to_major(account.get("balance", 0), account["currency"]),
+        "availableBalance": to_major(account.get("available", account.get("balance", 0)), account["currency"]),
         "createdAt": account.get("createdAt"),
         "updatedAt": account.get("updatedAt"),
     }
@@ -27,8 +28,32 @@ def transaction_json(txn: dict[str, Any]) -> dict[str, Any]:
         "toAccount": str(txn["toAccount"]),
         "amount": to_major(txn["amount"], currency),
         "currency": currency,
+        "kind": txn.get("kind") or "TRANSFER",
         "status": txn["status"],
         "idempotencyKey": txn["idempotencyKey"],
         "createdAt": txn.get("createdAt"),
         "updatedAt": txn.get("updatedAt"),
+        **{name: str(txn[name]) for name in _LINKS if txn.get(name) is not None},
     }
+
+
+_LINKS = ("reverses", "reversedBy", "hold")
+
+
+def hold_json(hold: dict[str, Any], status: str) -> dict[str, Any]:
+    """A hold as the API shows it; ``status`` is the effective one (an ACTIVE hold past expiry is EXPIRED)."""
+    currency = hold["currency"]
+    body = {
+        "_id": str(hold["_id"]),
+        "fromAccount": str(hold["fromAccount"]),
+        "toAccount": str(hold["toAccount"]),
+        "amount": to_major(hold["amount"], currency),
+        "currency": currency,
+        "status": status,
+        "expiresAt": hold["expiresAt"],
+        "createdAt": hold.get("createdAt"),
+        "updatedAt": hold.get("updatedAt"),
+    }
+    if hold.get("capturedAmount") is not None:
+        body["capturedAmount"] = to_major(hold["capturedAmount"], currency)
+    return body

@@ -11,7 +11,7 @@ from ledger import ratelimit, validation
 from ledger.api.serializers import transaction_json
 from ledger.errors import NotSystemUser, ValidationFailed
 from ledger.jsonio import json_body
-from ledger.services import transfers
+from ledger.services import reversals, transfers
 from ledger.services.transfers import TransferResult
 
 bp = Blueprint("transactions", __name__)
@@ -71,3 +71,19 @@ def create_initial_funds():
     key = validation.idempotency_key(body["idempotencyKey"])
     result = transfers.fund(current_user, to_id, amount, key)
     return _respond(result, "Initial funds transaction created successfully", 201)
+
+
+@bp.post("/<transaction_id>/reverse")
+@jwt_required()
+def reverse_transaction(transaction_id: str):
+    if not current_user.get("systemUser"):
+        raise NotSystemUser()
+    original_id = validation.maybe_object_id(transaction_id)
+    if original_id is None:
+        raise ValidationFailed("Invalid transaction id", errors={"id": "must be a 24-character hexadecimal id"})
+    body = _with_header_key(json_body())
+    validation.require_fields(body, ("idempotencyKey",))
+    key = validation.idempotency_key(body["idempotencyKey"])
+    reason = validation.reason(body.get("reason"))
+    result = reversals.reverse(current_user, original_id, key, reason)
+    return _respond(result, "Transaction reversed successfully", 201)

@@ -50,4 +50,20 @@ def _verify(database: Any, session: Any) -> AuditReport:
     for currency, total in sorted(report.balance_by_currency.items()):
         if total != 0:
             report.problems.append(f"{currency} balances sum to {total} minor units, not 0")
+    _verify_holds(database, session, report)
     return report
+
+
+def _verify_holds(database: Any, session: Any, report: AuditReport) -> None:
+    """Each account's ``held`` equals what its ACTIVE holds reserve, and never exceeds its balance."""
+    reserved: dict = {}
+    for hold in database.holds.find({"status": "ACTIVE"}, {"fromAccount": 1, "amount": 1}, session=session):
+        reserved[hold["fromAccount"]] = reserved.get(hold["fromAccount"], 0) + hold["amount"]
+    for account in database.accounts.find({"held": {"$gt": 0}}, {"held": 1, "balance": 1}, session=session):
+        held, expected = account["held"], reserved.pop(account["_id"], 0)
+        if held != expected:
+            report.problems.append(f"account {account['_id']}: held {held}, active holds reserve {expected}")
+        if held > account.get("balance", 0):
+            report.problems.append(f"account {account['_id']}: held {held} exceeds balance {account['balance']}")
+    for account_id, amount in reserved.items():
+        report.problems.append(f"account {account_id}: active holds reserve {amount}, held is 0")

@@ -21,6 +21,7 @@ WELCOME = "welcome"
 TRANSFER_RECEIPT = "transfer_receipt"
 CREDIT_NOTICE = "credit_notice"
 FUNDING_CREDIT_NOTICE = "funding_credit_notice"
+REVERSAL_NOTICE = "reversal_notice"
 
 
 def _message(kind: str, user_id: Any, dedupe_key: str, context: dict[str, Any], *,
@@ -54,6 +55,19 @@ def transfer_messages(txn: dict[str, Any], sender: dict[str, Any], receiver_user
 def funding_messages(txn: dict[str, Any], receiver_user_id: Any, credit_balance_after: int) -> list[dict[str, Any]]:
     context = {**_transfer_context(txn), "balanceAfter": format_money(credit_balance_after, txn["currency"])}
     return [_message(FUNDING_CREDIT_NOTICE, receiver_user_id, f"{FUNDING_CREDIT_NOTICE}:{txn['_id']}", context)]
+
+
+def reversal_messages(txn: dict[str, Any], debited_user_id: Any, credited_user_id: Any,
+                      debit_balance_after: int, credit_balance_after: int) -> list[dict[str, Any]]:
+    """A notice to both parties of the reversed transaction (the system user's own account gets none)."""
+    common = {**_transfer_context(txn), "reverses": str(txn["reverses"]), "reason": txn.get("reason") or ""}
+    sides = [(debited_user_id, "debited", debit_balance_after), (credited_user_id, "credited", credit_balance_after)]
+    return [
+        _message(REVERSAL_NOTICE, user_id, f"{REVERSAL_NOTICE}:{txn['_id']}:{side}",
+                 {**common, "side": side, "balanceAfter": format_money(balance_after, txn["currency"])})
+        for user_id, side, balance_after in sides
+        if user_id != txn["initiator"]
+    ]
 
 
 def _transfer_context(txn: dict[str, Any]) -> dict[str, Any]:

@@ -52,8 +52,11 @@ log = logging.getLogger(__name__)
 
 TRANSFER = "TRANSFER"
 INITIAL_FUNDS = "INITIAL_FUNDS"
+REVERSAL = "REVERSAL"
+HOLD_CAPTURE = "HOLD_CAPTURE"
 
-_ACCOUNT_READ = {"_id": 1, "user": 1, "status": 1, "currency": 1, "balance": 1, "seq": 1, "systemCurrency": 1}
+_ACCOUNT_READ = {"_id": 1, "user": 1, "status": 1, "currency": 1, "balance": 1, "held": 1, "seq": 1,
+                 "systemCurrency": 1}
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ def transfer(initiator: dict[str, Any], from_id: ObjectId, to_id: ObjectId, amou
         if source is None or target is None or source["user"] != initiator_id:
             raise TransferAccountNotFound()
         amount_minor = _to_minor(amount, source["currency"])
+        if source.get("held"):  # holds past their expiry stop counting now, not when a sweep gets to them
+            source = {**source, "held": source["held"] - release_expired_holds(session, source["_id"], utcnow())}
         rejection = _transfer_rule_violation(source, target, amount_minor)
         record = _record(TRANSFER, source, target, amount_minor, key, initiator_id, request_fingerprint, rejection)
         database.transactions.insert_one(record, session=session)
@@ -129,7 +134,7 @@ def _transfer_rule_violation(source: dict, target: dict, amount_minor: int) -> B
         return CurrencyMismatch(
             f"Currency mismatch: fromAccount is in {source['currency']}, toAccount is in {target['currency']}"
         )
-    balance = source.get("balance", 0)
+    balance = available_minor(source)
     if balance < amount_minor:
         currency = source["currency"]
         return InsufficientFunds(
@@ -195,7 +200,7 @@ def _to_minor(amount: Decimal, currency: str) -> int:
 
 
 def _record(kind: str, source: dict, target: dict, amount_minor: int, key: str, initiator_id: ObjectId,
-            request_fingerprint: str, rejection: BusinessRejection | None) -> dict[str, Any]:
+            request_fingerprint: str, rejection: BusinessRejection | None, **extra: Any) -> dict[str, Any]:
     now = utcnow()
     return to_document(
         Transaction,
@@ -211,6 +216,7 @@ def _record(kind: str, source: dict, target: dict, amount_minor: int, key: str, 
         failure=rejection.as_failure() if rejection else {},
         createdAt=now,
         updatedAt=now,
+        **extra,
     )
 
 
@@ -219,20 +225,61 @@ def _sequence_filter(account: dict) -> dict[str, Any]:
     return {"seq": account["seq"]} if "seq" in account else {"seq": {"$exists": False}}
 
 
+def available_minor(account: dict[str, Any]) -> int:
+    """Balance minus what ACTIVE holds reserve (``held``, kept in the same transactions as the holds)."""
+    return account.get("balance", 0) - account.get("held", 0)
+
+
+def available_filter(amount_minor: int) -> dict[str, Any]:
+    """``balance - held >= amount`` as part of a conditional update's filter (``held`` absent counts as 0)."""
+    return {"$expr": {"$gte": [{"$subtract": ["$balance", {"$ifNull": ["$held", 0]}]}, amount_minor]}}
+
+
+def release_expired_holds(session: ClientSession, account_id: ObjectId, now: Any) -> int:
+    """Mark this account's ACTIVE holds past ``expiresAt`` EXPIRED and release what they reserved.
+
+    Runs inside the caller's transaction whenever an account that holds anything is about to be checked, so an
+    expired hold never blocks money, whether or not the background sweep has visited it. Returns the amount
+    released. The holds change by one conditional update; if another writer got to any of them first, the
+    transaction is rerun.
+    """
+    database = db.get_db()
+    due = list(database.holds.find({"fromAccount": account_id, "status": "ACTIVE", "expiresAt": {"$lte": now}},
+                                   {"amount": 1}, session=session))
+    if not due:
+        return 0
+    expired = database.holds.update_many(
+        {"_id": {"$in": [h["_id"] for h in due]}, "status": "ACTIVE", "expiresAt": {"$lte": now}},
+        {"$set": {"status": "EXPIRED", "updatedAt": now}}, session=session)
+    released = sum(h["amount"] for h in due)
+    changed = database.accounts.update_one({"_id": account_id, "held": {"$gte": released}},
+                                           {"$inc": {"held": -released}}, session=session)
+    if expired.modified_count != len(due) or changed.matched_count != 1:
+        raise _AccountChanged()
+    return released
+
+
 def _move(session: ClientSession, record: dict, source: dict, target: dict,
-          owner_id: ObjectId | None) -> tuple[int, int]:
-    """Debit ``source``, credit ``target``, write both ledger entries; return both balances after."""
+          owner_id: ObjectId | None, release: int = 0) -> tuple[int, int]:
+    """Debit ``source``, credit ``target``, write both ledger entries; return both balances after.
+
+    ``release`` is what a captured hold reserved on ``source``: it stops being held as the money moves.
+    """
     database = db.get_db()
     amount_minor, currency, now = record["amount"], record["currency"], record["createdAt"]
     debit_filter: dict[str, Any] = {"_id": source["_id"], "currency": currency, **_sequence_filter(source)}
-    if owner_id is not None:  # a customer account: owned by the caller, active, funded
-        debit_filter.update({"user": owner_id, "status": "ACTIVE", "balance": {"$gte": amount_minor}})
+    debit_change: dict[str, Any] = {"balance": -amount_minor, "seq": 1}
+    if release:
+        debit_change["held"] = -release
+    if owner_id is not None:  # a customer account: owned by the caller, active, funded beyond what is held
+        debit_filter.update({"user": owner_id, "status": "ACTIVE", "balance": {"$gte": amount_minor},
+                             **available_filter(amount_minor - release)})
     else:  # the system account, which alone may go negative
         debit_filter["systemCurrency"] = currency
     credit_filter = {"_id": target["_id"], "status": "ACTIVE", "currency": currency, **_sequence_filter(target)}
     result = database.accounts.bulk_write(
         [
-            UpdateOne(debit_filter, {"$inc": {"balance": -amount_minor, "seq": 1}, "$set": {"updatedAt": now}}),
+            UpdateOne(debit_filter, {"$inc": debit_change, "$set": {"updatedAt": now}}),
             UpdateOne(credit_filter, {"$inc": {"balance": amount_minor, "seq": 1}, "$set": {"updatedAt": now}}),
         ],
         ordered=True,

@@ -59,6 +59,7 @@ class Account(_Base):
     currency = me.StringField(required=True, min_length=3, max_length=3, default="INR")
     balance = me.LongField(required=True, default=0)  # minor units
     seq = me.LongField(required=True, default=0)  # number of ledger entries on this account
+    lastHash = me.StringField(regex=r"^[0-9a-f]{64}$")  # hash of the last entry: the head of its hash chain
     systemUser = me.BooleanField(default=False)
     # Present only on the system user's accounts: one system account per currency (unique, sparse).
     systemCurrency = me.StringField(min_length=3, max_length=3)
@@ -121,7 +122,10 @@ class LedgerEntry(_Base):
     transaction = me.ObjectIdField(required=True)
     balanceAfter = me.LongField(required=True)
     seq = me.LongField(required=True, min_value=1)  # the account's entry number, 1, 2, 3, ...
-    createdAt = me.DateTimeField(required=True)
+    createdAt = me.DateTimeField(required=True)  # never earlier than the account's previous entry
+    # The hash chain (ledger.hashchain): absent only on entries written before it existed, until backfilled.
+    prevHash = me.StringField(regex=r"^[0-9a-f]{64}$")
+    hash = me.StringField(regex=r"^[0-9a-f]{64}$")
 
     meta = {
         "collection": "ledgers",
@@ -129,6 +133,8 @@ class LedgerEntry(_Base):
         "indexes": [
             {"fields": ["account", "seq"], "unique": True},
             {"fields": ["transaction"]},
+            # Statements and balance-at-a-time: the last entry at or before an instant, one index key away.
+            {"fields": ["account", "createdAt", "seq"]},
         ],
     }
 

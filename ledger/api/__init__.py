@@ -5,10 +5,11 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from ledger.api import accounts, auth, openapi, ops, transactions
+    from ledger.api import accounts, auth, openapi, ops, transactions, verification
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(auth.bp, url_prefix="/api/auth")
     app.register_blueprint(accounts.bp, url_prefix="/api/accounts")
     app.register_blueprint(transactions.bp, url_prefix="/api/transactions")
+    app.register_blueprint(verification.bp, url_prefix="/api/ledger")

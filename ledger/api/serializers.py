@@ -14,6 +14,7 @@ def account_json(account: dict[str, Any]) -> dict[str, Any]:
         "status": account["status"],
         "currency": account["currency"],
         "balance": to_major(account.get("balance", 0), account["currency"]),
+        "availableBalance": available_balance(account),
         "createdAt": account.get("createdAt"),
         "updatedAt": account.get("updatedAt"),
     }
@@ -27,8 +28,38 @@ def transaction_json(txn: dict[str, Any]) -> dict[str, Any]:
         "toAccount": str(txn["toAccount"]),
         "amount": to_major(txn["amount"], currency),
         "currency": currency,
+        "kind": txn.get("kind") or "TRANSFER",
         "status": txn["status"],
         "idempotencyKey": txn["idempotencyKey"],
         "createdAt": txn.get("createdAt"),
         "updatedAt": txn.get("updatedAt"),
+    }
+
+
+def available_balance(account: dict[str, Any]) -> Any:
+    """Balance minus active holds, in major units. Holds do not exist yet, so it equals the balance."""
+    return to_major(account.get("balance", 0), account["currency"])
+
+
+def _id(value: Any) -> str | None:
+    return str(value) if value is not None else None
+
+
+def entry_json(entry: dict[str, Any]) -> dict[str, Any]:
+    """A ledger entry as Part two shows it; ``counterparty`` and ``kind`` come from its transaction."""
+    currency = entry["currency"]
+    return {
+        "_id": str(entry["_id"]),
+        "account": str(entry["account"]),
+        "type": entry["type"],
+        "amount": to_major(entry["amount"], currency),
+        "currency": currency,
+        "balanceAfter": to_major(entry["balanceAfter"], currency),
+        "seq": entry["seq"],
+        "transaction": str(entry["transaction"]),
+        "counterparty": _id(entry.get("counterparty")),
+        "kind": entry.get("kind"),
+        "createdAt": entry.get("createdAt"),
+        "prevHash": entry.get("prevHash"),
+        "hash": entry.get("hash"),
     }

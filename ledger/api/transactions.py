@@ -11,7 +11,7 @@ from ledger import ratelimit, validation
 from ledger.api.serializers import transaction_json
 from ledger.errors import NotSystemUser, ValidationFailed
 from ledger.jsonio import json_body
-from ledger.services import transfers
+from ledger.services import history, transfers
 from ledger.services.transfers import TransferResult
 
 bp = Blueprint("transactions", __name__)
@@ -71,3 +71,11 @@ def create_initial_funds():
     key = validation.idempotency_key(body["idempotencyKey"])
     result = transfers.fund(current_user, to_id, amount, key)
     return _respond(result, "Initial funds transaction created successfully", 201)
+
+
+@bp.get("/<transaction_id>")
+@jwt_required()
+def get_transaction(transaction_id: str):
+    record = history.get_transaction(current_user["_id"],
+                                     validation.path_object_id(transaction_id, "transactionId"))
+    return jsonify({"transaction": transaction_json(record)})

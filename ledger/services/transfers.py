@@ -243,7 +243,8 @@ def _as_utc(moment: datetime) -> datetime:
 
 
 def _entry(account: dict, entry_type: str, record: dict, balance_after: int, now: datetime) -> dict[str, Any]:
-    """A ledger entry for ``account``, chained to the account's ``lastHash`` when its chain is in place."""
+    """The fields of a ledger entry for ``account``, chained to the account's ``lastHash`` when its chain is in
+    place (validated by :func:`to_document` once the account update has matched)."""
     fields: dict[str, Any] = {
         "account": account["_id"], "type": entry_type, "amount": record["amount"], "currency": record["currency"],
         "transaction": record["_id"], "balanceAfter": balance_after, "seq": account.get("seq", 0) + 1,
@@ -252,7 +253,7 @@ def _entry(account: dict, entry_type: str, record: dict, balance_after: int, now
     prev_hash = hashchain.chain_head(account)
     if prev_hash is not None:
         fields.update(prevHash=prev_hash, hash=hashchain.entry_hash(fields, prev_hash))
-    return to_document(LedgerEntry, **fields)
+    return fields
 
 
 def _account_update(amount_delta: int, now: datetime, entry: dict[str, Any]) -> dict[str, Any]:
@@ -288,7 +289,8 @@ def _move(session: ClientSession, record: dict, source: dict, target: dict,
     )
     if result.matched_count != 2:
         raise _AccountChanged()
-    database.ledgers.insert_many([debit, credit], ordered=True, session=session)
+    entries = [to_document(LedgerEntry, **debit), to_document(LedgerEntry, **credit)]
+    database.ledgers.insert_many(entries, ordered=True, session=session)
     return debit_after, credit_after
 
 

@@ -13,7 +13,8 @@ from bson import ObjectId
 from ledger import db
 from tests.conftest import Api
 
-ACCOUNT_KEYS = {"_id", "user", "status", "currency", "balance", "createdAt", "updatedAt"}
+# Part one's fields, plus availableBalance (API.md Part two: balance minus active holds).
+ACCOUNT_KEYS = {"_id", "user", "status", "currency", "balance", "availableBalance", "createdAt", "updatedAt"}
 ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
 
@@ -159,7 +160,7 @@ def test_balance_of_a_new_account_is_zero(api):
     account_id = api.open_account(token)
     response = api.request("GET", f"/api/accounts/balance/{account_id}", token)
     assert response.status_code == 200
-    assert wire(response) == {"accountId": account_id, "balance": 0}
+    assert wire(response) == {"accountId": account_id, "balance": 0, "availableBalance": 0}
 
 
 def test_balance_is_a_json_number_in_major_units_after_funding(api):
@@ -168,7 +169,7 @@ def test_balance_is_a_json_number_in_major_units_after_funding(api):
     assert api.fund(account_id, Decimal("10.5")).status_code == 201
     response = api.request("GET", f"/api/accounts/balance/{account_id}", token)
     body = wire(response)
-    assert body == {"accountId": account_id, "balance": 1010.5}
+    assert body == {"accountId": account_id, "balance": 1010.5, "availableBalance": 1010.5}
     assert re.search(r'"balance":\s*1010\.5\b', response.get_data(as_text=True))
     account = wire(api.request("GET", f"/api/accounts/{account_id}", token))["account"]
     assert account["balance"] == 1010.5
@@ -252,7 +253,8 @@ def test_an_account_is_visible_only_to_its_owner(api, world, caller, target, rou
                 assert body["account"]["_id"] == account_id
                 assert body["account"]["balance"] == expected_balance
             else:
-                assert body == {"accountId": account_id, "balance": expected_balance}
+                assert body == {"accountId": account_id, "balance": expected_balance,
+                                "availableBalance": expected_balance}
         elif target == "malformed":
             assert response.status_code in {400, 404}, text
             assert response.get_json()["status"] == "failed"

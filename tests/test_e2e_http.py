@@ -153,7 +153,7 @@ def test_a_customer_journey_with_bearer_tokens_ends_with_the_old_token_refused(s
 
     balance = server.call("GET", f"/api/accounts/balance/{account['_id']}", token)
     assert balance.status == 200
-    assert balance.json == {"accountId": account["_id"], "balance": 1234.5}
+    assert balance.json == {"accountId": account["_id"], "balance": 1234.5, "availableBalance": 1234.5}
 
     logout = server.call("POST", "/api/auth/logout", token)
     assert logout.status == 200

@@ -11,6 +11,7 @@ from flask_jwt_extended import current_user, jwt_required
 from ledger import validation
 from ledger.api.serializers import account_json, available_balance, entry_json
 from ledger.errors import AccountNotFound
+from ledger.hashchain import iso_millis
 from ledger.jsonio import iso_utc, json_body
 from ledger.money import DEFAULT_CURRENCY, format_plain, to_major
 from ledger.services import accounts as account_service
@@ -56,7 +57,7 @@ def get_balance(account_id: str):
         account, balance_minor = history.balance_at(current_user["_id"], validation.maybe_object_id(account_id),
                                                     instant)
         return jsonify({"accountId": str(account["_id"]), "balance": to_major(balance_minor, account["currency"]),
-                        "at": iso_utc(instant)})
+                        "at": iso_millis(instant)})
     account = account_service.get_account(current_user["_id"], validation.maybe_object_id(account_id))
     balance = to_major(account.get("balance", 0), account["currency"])
     return jsonify({"accountId": str(account["_id"]), "balance": balance,

@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 from bson import ObjectId
 from flask import Flask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pymongo.errors import DuplicateKeyError
 
 from ledger import hashchain
 from ledger.services import audit, backfill
@@ -288,3 +291,61 @@ def test_the_backfill_refuses_to_chain_over_an_edited_entry(app: Flask, ledger, 
     assert f"REFUSED: account {ledger['a']} seq 2: its stored hash does not recompute" in result.output
     assert "hash" not in _entry(app, ledger["a"], 3)
     assert ("hash", ledger["a"], 2) in named(problems(app))
+
+
+# ------------------------------------------------------------------------------- generated tampering
+
+FIELD_CHANGES = {
+    "amount": lambda entry, ledger: st.integers(1, 10**12),
+    "balanceAfter": lambda entry, ledger: st.integers(-10**12, 10**12),
+    "seq": lambda entry, ledger: st.integers(5, 60),
+    "type": lambda entry, ledger: st.just("CREDIT" if entry["type"] == "DEBIT" else "DEBIT"),
+    "currency": lambda entry, ledger: st.sampled_from(["USD", "EUR", "JPY"]),
+    "createdAt": lambda entry, ledger: st.integers(-10**9, 10**9).filter(bool).map(
+        lambda ms: entry["createdAt"] + __import__("datetime").timedelta(milliseconds=ms)),
+    "transaction": lambda entry, ledger: st.builds(ObjectId),
+    "account": lambda entry, ledger: st.sampled_from([ObjectId(ledger["a"]), ObjectId(ledger["b"]), ObjectId()]),
+    "prevHash": lambda entry, ledger: st.text("0123456789abcdef", min_size=64, max_size=64),
+    "hash": lambda entry, ledger: st.text("0123456789abcdef", min_size=64, max_size=64),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_any_single_field_changed_on_any_entry_is_caught_at_that_entry(app: Flask, ledger, data) -> None:
+    entries = list(database(app).ledgers.find({}, sort=[("_id", 1)]))
+    original = data.draw(st.sampled_from(entries), label="entry")
+    field = data.draw(st.sampled_from(sorted(FIELD_CHANGES)), label="field")
+    value = data.draw(FIELD_CHANGES[field](original, ledger).filter(lambda v: v != original[field]), label="value")
+    ledgers = database(app).ledgers
+    try:
+        ledgers.update_one({"_id": original["_id"]}, {"$set": {field: value}})
+    except DuplicateKeyError:
+        return  # the unique (account, seq) index refuses it: no tampering to detect
+    try:
+        found = problems(app)
+    finally:
+        ledgers.replace_one({"_id": original["_id"]}, original)
+
+    accounts_named = {p.account for p in found}
+    assert found, (field, value)
+    assert original["account"] in accounts_named or value in accounts_named, (field, value, found)
+    assert problems(app) == []  # restored: the chain verifies again
+
+
+def test_the_verification_reads_every_collection_in_index_order(app: Flask, ledger, monkeypatch) -> None:
+    from ledger import db
+    from tests.test_index_audit import QueryRecorder
+
+    recorder = QueryRecorder(monkeypatch)
+    with app.app_context():
+        audit.verify()
+    monkeypatch.undo()
+
+    indexes = {name: [list(model.document["key"]) for model in models] + [["_id"]]
+               for name, models in db.declared_indexes().items()}
+    sorts = {(query.collection, tuple(field for field, _ in query.sort)) for query in recorder.queries}
+    assert sorts == {("accounts", ("_id",)), ("ledgers", ("account", "seq")), ("ledgers", ("transaction",)),
+                     ("transactions", ("_id",))}
+    for collection, fields in sorts:
+        assert any(keys[:len(fields)] == list(fields) for keys in indexes[collection]), (collection, fields)

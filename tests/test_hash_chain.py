@@ -349,3 +349,26 @@ def test_the_verification_reads_every_collection_in_index_order(app: Flask, ledg
                      ("transactions", ("_id",))}
     for collection, fields in sorts:
         assert any(keys[:len(fields)] == list(fields) for keys in indexes[collection]), (collection, fields)
+
+
+def test_a_transfer_landing_while_an_account_is_backfilled_is_chained_too(app: Flask, api: Api, ledger,
+                                                                          monkeypatch) -> None:
+    _unchain(app)
+    original_write, raced = backfill._write, []
+
+    def transfer_first(database, updates, head):
+        if head is not None and head[0] == ObjectId(ledger["a"]) and not raced:
+            raced.append(True)  # between the walk's read and its write, a transfer appends to the account
+            assert api.transfer(ledger["alice"], ledger["a"], ledger["b"], 1).status_code == 200
+        return original_write(database, updates, head)
+
+    monkeypatch.setattr(backfill, "_write", transfer_first)
+    with app.app_context():
+        report = backfill.backfill()
+
+    assert raced
+    assert report.ok
+    entries = entries_of(app, ledger["a"])
+    assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5]
+    assert all("hash" in e for e in entries)
+    assert problems(app) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 from flask import Flask
 from flask.cli import with_appcontext
@@ -14,6 +16,7 @@ from ledger.services.outbox import outbox_cli, send_emails
 def init_app(app: Flask) -> None:
     app.cli.add_command(create_system_user)
     app.cli.add_command(verify_ledger)
+    app.cli.add_command(backfill_ledger_chain)
     app.cli.add_command(send_emails)
     app.cli.add_command(outbox_cli)
     from ledger.migrate import migrate_node_db
@@ -44,16 +47,36 @@ def create_system_user(email: str, name: str, password: str, currency: str) -> N
 
 @click.command("verify-ledger")
 @with_appcontext
-def verify_ledger() -> None:
-    """Recompute every balance from the ledger entries; exit 1 on any mismatch."""
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+def verify_ledger(quiet: bool) -> None:
+    """Prove the ledger: hash chains, sequences, running balances, stored balances, transactions, per-currency
+    sums. Prints every problem found (PROBLEM <check>: account <id> seq <n>: what differs); exit 1 if any."""
     from ledger.services.audit import verify
 
-    report = verify()
-    for problem in report.problems:
-        click.echo(f"MISMATCH {problem}")
+    def progress(phase: str, count: int) -> None:
+        if not quiet:
+            click.echo(f"  ... {count} {phase} checked", err=True)
+
+    report = verify(keep=0, on_problem=lambda problem: click.echo(f"PROBLEM {problem}"), on_progress=progress)
     sums = ", ".join(f"{currency} {total}" for currency, total in sorted(report.balance_by_currency.items()))
-    click.echo(f"accounts checked: {report.accounts}, entries: {report.entries}, "
-               f"sum of balances per currency (minor units): {sums or 'none'}")
-    if report.problems:
+    click.echo(f"accounts checked: {report.accounts}, entries: {report.entries}, transactions: "
+               f"{report.transactions}, sum of balances per currency (minor units): {sums or 'none'}")
+    if report.problem_count:
+        click.echo(f"ledger NOT OK: {report.problem_count} problem(s)")
         raise SystemExit(1)
     click.echo("ledger OK")
+
+
+@click.command("backfill-ledger-chain")
+@with_appcontext
+@click.option("--dry-run", is_flag=True, help="Count what would be hashed; write nothing.")
+def backfill_ledger_chain(dry_run: bool) -> None:
+    """Give entries written before the hash chain existed their prevHash/hash (idempotent, resumable)."""
+    from ledger import db
+    from ledger.services.backfill import accounts_to_chain, backfill
+
+    pending = accounts_to_chain(db.get_db())
+    with click.progressbar(length=len(pending), label="accounts", file=sys.stderr) as bar:
+        report = backfill(dry_run=dry_run, echo=click.echo, on_account=lambda _account: bar.update(1))
+    if not report.ok:
+        raise SystemExit(1)

@@ -93,6 +93,11 @@ class AccountNotFound(LedgerError):
     message = "Account not found"
 
 
+class TransactionNotFound(LedgerError):
+    status_code = 404
+    message = "Transaction not found"
+
+
 class TransferAccountNotFound(LedgerError):
     """A transfer names an account that is absent, or a source the caller does not own."""
 

@@ -14,7 +14,8 @@ service reads and writes. The migration, in this order:
    currency; the Node funding defect (a *negative* DEBIT on the system account) is repaired to a positive
    amount; entries get ``seq`` 1, 2, 3, ... in ``_id`` order (Node ledger entries have no ``createdAt``; an
    ObjectId starts with its creation second) with ``balanceAfter`` and ``createdAt`` (the ``_id``'s time); the
-   account gets ``balance`` = credits − debits and ``seq`` = its number of entries.
+   account gets ``balance`` = credits − debits and ``seq`` = its number of entries. Then each account's entries
+   get their hash chain (``prevHash``/``hash``, :mod:`ledger.services.backfill`) and the account its ``lastHash``.
 4. **Transactions**: ``amount`` in minor units, ``kind`` (``INITIAL_FUNDS`` when the source is a system
    account), ``currency`` (the source account's), ``initiator`` (the source account's owner) and the request
    ``fingerprint``, so a Node client retrying a request with its old key gets the replay. A ``PENDING``
@@ -174,6 +175,7 @@ class NodeMigration:
         self._drop_node_indexes()
         self._mark_system_accounts()
         self._migrate_ledgers()
+        self._chain_ledgers()
         self._migrate_transactions()
         self._migrate_blocklist()
         self._create_indexes()
@@ -450,6 +452,19 @@ class NodeMigration:
         self.unsupported.add(account_id)
         return 0
 
+    def _chain_ledgers(self) -> None:
+        """The converted entries get their hash chain (:mod:`ledger.services.backfill`), account by account."""
+        from ledger.services.backfill import backfill
+
+        self.echo("Step 3/6 (continued): hash chains of the ledger entries")
+        if self.dry_run:
+            self.report.notes.append("the hash chains are computed after the entries are converted; a dry run "
+                                     "cannot show their count")
+            return
+        result = backfill(echo=self.echo)
+        self.report.changes["ledger entries hashed"] += result.entries_hashed
+        self.report.unresolved.extend(result.refused)
+
     # ---------------------------------------------------------------------------------- 4. transactions
 
     def _migrate_transactions(self) -> None:
@@ -632,7 +647,10 @@ class NodeMigration:
         from ledger.services.audit import verify
 
         audit = verify()
-        self.report.verification.extend(audit.problems)
+        self.report.verification.extend(str(problem) for problem in audit.problems)
+        if audit.problem_count > len(audit.problems):
+            self.report.verification.append(f"... {audit.problem_count - len(audit.problems)} more problem(s): "
+                                            f"run `flask --app wsgi verify-ledger`")
         self.report.total_balance_minor = audit.total_balance_minor
         if audit.total_balance_minor != 0:
             self.report.verification.append(f"the balances sum to {audit.total_balance_minor}, not 0")

@@ -61,6 +61,7 @@ class Account(_Base):
     balance = me.LongField(required=True, default=0)  # minor units
     held = me.LongField(min_value=0)  # minor units reserved by ACTIVE holds (absent: nothing ever held)
     seq = me.LongField(required=True, default=0)  # number of ledger entries on this account
+    lastHash = me.StringField(regex=r"^[0-9a-f]{64}$")  # hash of the last entry: the head of its hash chain
     systemUser = me.BooleanField(default=False)
     # Present only on the system user's accounts: one system account per currency (unique, sparse).
     systemCurrency = me.StringField(min_length=3, max_length=3)
@@ -157,7 +158,10 @@ class LedgerEntry(_Base):
     transaction = me.ObjectIdField(required=True)
     balanceAfter = me.LongField(required=True)
     seq = me.LongField(required=True, min_value=1)  # the account's entry number, 1, 2, 3, ...
-    createdAt = me.DateTimeField(required=True)
+    createdAt = me.DateTimeField(required=True)  # never earlier than the account's previous entry
+    # The hash chain (ledger.hashchain): absent only on entries written before it existed, until backfilled.
+    prevHash = me.StringField(regex=r"^[0-9a-f]{64}$")
+    hash = me.StringField(regex=r"^[0-9a-f]{64}$")
 
     meta = {
         "collection": "ledgers",
@@ -165,6 +169,8 @@ class LedgerEntry(_Base):
         "indexes": [
             {"fields": ["account", "seq"], "unique": True},
             {"fields": ["transaction"]},
+            # Statements and balance-at-a-time: the last entry at or before an instant, one index key away.
+            {"fields": ["account", "createdAt", "seq"]},
         ],
     }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -145,3 +146,53 @@ def require_fields(body: dict[str, Any], fields: tuple[str, ...]) -> None:
     if any(is_missing(body.get(f)) for f in fields):
         missing = {f: f"{f} is required" for f in fields if is_missing(body.get(f))}
         raise ValidationFailed(f"Missing required fields: {', '.join(fields)}", errors=missing)
+
+
+# ------------------------------------------------------------------------ query parameters (Part two)
+
+_DIGITS = re.compile(r"^[0-9]{1,6}$")
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+# An instant: a date, a time with optional fraction, and a zone (Z or +hh:mm / -hh:mm); nothing local.
+_INSTANT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"
+                      r"(Z|[+-][0-9]{2}:[0-9]{2})$")
+
+
+def path_object_id(value: str, field: str) -> ObjectId:
+    """An id in the path of a Part-two route: malformed is a 400 (absent or not visible is the route's 404)."""
+    return object_id(value, field)
+
+
+def page_limit(value: str | None, default: int, maximum: int, field: str = "limit") -> int:
+    if value is None:
+        return default
+    if not _DIGITS.match(value) or not 1 <= int(value) <= maximum:
+        raise _fail(field, f"{field} must be an integer from 1 to {maximum}")
+    return int(value)
+
+
+def calendar_date(value: str | None, field: str) -> date:
+    """``YYYY-MM-DD``, a real calendar day."""
+    if value is None or value == "":
+        raise _fail(field, f"{field} is required (YYYY-MM-DD)")
+    if not _DATE.match(value):
+        raise _fail(field, f"{field} must be a date YYYY-MM-DD")
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise _fail(field, f"{field} is not a calendar date") from exc
+
+
+def instant(value: str, field: str = "at") -> datetime:
+    """An ISO-8601 instant with its zone (``2026-03-01T10:00:00.000Z``), as an aware UTC datetime."""
+    if not _INSTANT.match(value):
+        raise _fail(field, f"{field} must be an ISO-8601 instant with a zone, e.g. 2026-03-01T10:00:00.000Z")
+    text = value[:-1] + "+00:00" if value.endswith("Z") else value
+    head, _, rest = text.partition(".")
+    if rest:  # Python reads at most 6 fractional digits: keep the microseconds, drop what is finer
+        digits = re.match(r"[0-9]+", rest).group(0)  # type: ignore[union-attr]
+        text = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
+    try:
+        parsed = datetime.fromisoformat(text)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise _fail(field, f"{field} is not a valid instant") from exc

@@ -187,7 +187,7 @@ def count_commands(sizes: list[int]) -> dict[str, Any]:
         token = api.user()
         busy, other = api.account(token, 1_000_000), api.account(token)
         recipient = api.account(api.user())
-        result: dict[str, Any] = {"transfer": {}, "balance": {}}
+        result: dict[str, Any] = {"transfer": {}, "balance": {}, "entries_page": {}, "balance_at": {}}
         for _ in range(3):  # warm up (first-request work is not per-request work)
             api.transfer(token, busy, recipient)
         for size in sizes:
@@ -197,6 +197,10 @@ def count_commands(sizes: list[int]) -> dict[str, Any]:
             result["balance"][size] = _counted(app, lambda: api.call("GET", f"/api/accounts/balance/{busy}",
                                                                       token, expected=200))
             result["transfer"][size] = _counted(app, lambda: api.transfer(token, busy, recipient))
+            result["entries_page"][size] = _counted(app, lambda: api.call(
+                "GET", f"/api/accounts/{busy}/entries?limit=50", token, expected=200))
+            result["balance_at"][size] = _counted(app, lambda: api.call(
+                "GET", f"/api/accounts/balance/{busy}?at=2026-01-01T00:00:00Z", token, expected=200))
             result["transfer"][size]["ms_per_transfer"] = _split(
                 lambda: [api.transfer(token, busy, recipient) for _ in range(TIMED_TRANSFERS)], TIMED_TRANSFERS)
         return result

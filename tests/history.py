@@ -2,7 +2,7 @@
 
 Ten thousand transfers over HTTP would take minutes; ``seed_history`` writes the same documents a run of
 transfers would leave — transaction records and both ledger entries of each, with consecutive sequence numbers
-and running ``balanceAfter`` — with a few ``insert_many`` calls, then sets each account's ``balance`` and
+running ``balanceAfter`` and the hash chain — with a few ``insert_many`` calls, then sets each account's ``balance`` and
 ``seq`` to match, so ``verify-ledger`` still finds every balance equal to its entries.
 
 The embedded engine checks a unique index by scanning every stored document on each insert (quadratic for a
@@ -21,7 +21,7 @@ from bson import ObjectId
 from flask import Flask
 from pymongo import IndexModel
 
-from ledger import db
+from ledger import db, hashchain
 from ledger.models import utcnow
 
 SEEDED = ("transactions", "ledgers")
@@ -42,7 +42,8 @@ def seed_history(app: Flask, first_id: str, second_id: str, entries: int, amount
     first, second = accounts[ObjectId(first_id)], accounts[ObjectId(second_id)]
     if first["user"] != second["user"] or first["currency"] != second["currency"]:
         raise ValueError("seed_history needs two accounts of one owner in one currency")
-    state = {a["_id"]: {"balance": a["balance"], "seq": a.get("seq", 0)} for a in (first, second)}
+    state = {a["_id"]: {"balance": a["balance"], "seq": a.get("seq", 0), "lastHash": hashchain.chain_head(a)}
+             for a in (first, second)}
     currency, owner = first["currency"], first["user"]
     batch = uuid.uuid4().hex[:8]
     now = utcnow()
@@ -63,16 +64,22 @@ def seed_history(app: Flask, first_id: str, second_id: str, entries: int, amount
             account_state["seq"] += 1
             if account_state["balance"] < 0:
                 raise ValueError("seed_history would overdraw an account: fund the first one")
-            ledgers.append({
+            entry = {
                 "_id": ObjectId(), "account": account["_id"], "type": entry_type, "amount": amount_minor,
                 "currency": currency, "transaction": txn_id, "balanceAfter": account_state["balance"],
                 "seq": account_state["seq"], "createdAt": now,
-            })
+            }
+            if account_state["lastHash"] is not None:
+                entry["prevHash"] = account_state["lastHash"]
+                entry["hash"] = account_state["lastHash"] = hashchain.entry_hash(entry, entry["prevHash"])
+            ledgers.append(entry)
     with _unique_indexes_suspended(app):
         database.transactions.insert_many(transactions, ordered=False)
         database.ledgers.insert_many(ledgers, ordered=False)
     for account_id, account_state in state.items():
-        database.accounts.update_one({"_id": account_id}, {"$set": account_state})
+        head = account_state.pop("lastHash")
+        database.accounts.update_one({"_id": account_id}, {"$set": {**account_state, "updatedAt": now,
+                                                                    **({"lastHash": head} if head else {})}})
 
 
 @contextlib.contextmanager

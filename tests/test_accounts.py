@@ -13,6 +13,7 @@ from bson import ObjectId
 from ledger import db
 from tests.conftest import Api
 
+# Part one's fields, plus availableBalance (API.md Part two: balance minus active holds).
 ACCOUNT_KEYS = {"_id", "user", "status", "currency", "balance", "availableBalance", "createdAt", "updatedAt"}
 ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 

@@ -29,8 +29,9 @@ def test_a_surplus_in_one_currency_cannot_hide_a_deficit_in_another(app):
 
     assert report.total_balance_minor == 0
     assert report.balance_by_currency == {"USD": 100, "INR": -100}
-    assert report.problems == ["INR balances sum to -100 minor units, not 0",
-                               "USD balances sum to 100 minor units, not 0"]
+    assert [str(problem) for problem in report.problems if problem.check == "currency-sum"] == [
+        "currency-sum: INR balances sum to -100 minor units, not 0",
+        "currency-sum: USD balances sum to 100 minor units, not 0"]
 
 
 def test_verify_ledger_command_fails_on_a_stored_balance_the_entries_do_not_explain(app, api, runner):
@@ -42,7 +43,8 @@ def test_verify_ledger_command_fails_on_a_stored_balance_the_entries_do_not_expl
     result = runner.invoke(args=["verify-ledger"])
 
     assert result.exit_code == 1
-    assert f"MISMATCH account {account}: stored 5001, ledger says 5000" in result.output
+    assert (f"PROBLEM balance: account {account}: stored balance 5001, entries give 5000 (credits - debits)"
+            in result.output)
 
 
 def test_verify_ledger_command_passes_after_real_traffic(api, runner):

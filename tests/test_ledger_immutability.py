@@ -137,10 +137,13 @@ def test_the_scanner_flags_an_update_or_delete_on_the_ledgers_collection():
 # The one sanctioned exception: the one-time conversion of entries the Node service wrote (major-unit doubles,
 # no seq). Its update filters require ``seq`` to be absent, so it cannot touch an entry this service wrote.
 NODE_MIGRATION = LEDGER_PACKAGE / "migrate.py"
+# The other: the one-time hash-chain backfill of entries written before the chain existed. Its update filter
+# requires both chain fields to be absent and it sets only those two, so it can add them once and change nothing.
+CHAIN_BACKFILL = LEDGER_PACKAGE / "services" / "backfill.py"
 
 
 def test_no_code_in_the_ledger_package_updates_or_deletes_ledger_entries():
-    files = sorted(path for path in LEDGER_PACKAGE.rglob("*.py") if path != NODE_MIGRATION)
+    files = sorted(path for path in LEDGER_PACKAGE.rglob("*.py") if path not in (NODE_MIGRATION, CHAIN_BACKFILL))
     assert len(files) > 10  # the scan really ran over the package
 
     violations = [v for path in files for v in _violations(path.read_text("utf-8"), str(path))]
@@ -161,3 +164,13 @@ def test_the_transfer_path_appends_to_the_ledgers_collection():
     source = (LEDGER_PACKAGE / "services" / "transfers.py").read_text("utf-8")
     methods = [method for _, method in _ledger_collection_uses(ast.parse(source))]
     assert methods == ["insert_many"]
+
+
+def test_the_chain_backfill_only_adds_the_two_chain_fields_to_entries_that_have_neither():
+    source = CHAIN_BACKFILL.read_text("utf-8")
+    writes = [method for _, method in _ledger_collection_uses(ast.parse(source))
+              if method not in ALLOWED_LEDGER_METHODS]
+    assert writes == ["bulk_write"]
+    assert source.count("UpdateOne(") == 1
+    assert ('UpdateOne({"_id": entry["_id"], "hash": {"$exists": False}, "prevHash": {"$exists": False}},\n'
+            '                                 {"$set": {"prevHash": prev_hash, "hash": entry_hash}})') in source

@@ -533,3 +533,33 @@ def test_a_negative_customer_debit_is_reported_unresolved_and_keeps_the_balance_
                                node_token(node.secret, node.users[owner]))
         assert response.status_code == 200, response.get_json()
         assert Decimal(str(response.get_json()["balance"])) == shown[owner]
+
+
+def test_migrated_entries_get_their_hash_chain_and_new_transfers_extend_it(node_app):
+    from ledger import hashchain
+
+    node = node_app.node
+    result = migrated(node_app)
+    assert "ledger entries hashed: 14" in result.output
+
+    def chain(account_id):
+        with node_app.app_context():
+            database = db.get_db(node_app)
+            return (list(database.ledgers.find({"account": account_id}, sort=[("seq", 1)])),
+                    database.accounts.find_one({"_id": account_id})["lastHash"])
+
+    entries, head = chain(node.accounts["alice"])
+    prev = hashchain.GENESIS
+    for entry in entries:
+        assert entry["prevHash"] == prev
+        assert entry["hash"] == hashchain.entry_hash(entry, prev)
+        prev = entry["hash"]
+    assert head == prev
+
+    alice = node_token(node.secret, node.users["alice"])
+    moved = Api(node_app.test_client()).transfer(alice, str(node.accounts["alice"]), str(node.accounts["bob"]), 1)
+    assert moved.status_code == 200, moved.get_json()
+    after, new_head = chain(node.accounts["alice"])
+    assert after[-1]["prevHash"] == head
+    assert new_head == after[-1]["hash"]
+    assert "ledger entries hashed" not in migrated(node_app).output  # a second run hashes nothing

@@ -5,7 +5,7 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from ledger.api import accounts, auth, docs, holds, openapi, ops, transactions
+    from ledger.api import accounts, auth, docs, holds, openapi, ops, transactions, verification
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(openapi.bp)
@@ -14,3 +14,4 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(accounts.bp, url_prefix="/api/accounts")
     app.register_blueprint(transactions.bp, url_prefix="/api/transactions")
     app.register_blueprint(holds.bp, url_prefix="/api/holds")
+    app.register_blueprint(verification.bp, url_prefix="/api/ledger")

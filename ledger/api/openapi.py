@@ -124,8 +124,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "status": {"type": "string", "enum": ["ACTIVE", "FROZEN", "CLOSED"]},
             "currency": _schema("Currency"),
             "balance": _schema("Balance"),
-            "availableBalance": {**_schema("Balance"),
-                                 "description": "balance minus what unexpired holds reserve"},
+            "availableBalance": _schema("AvailableBalance"),
             "createdAt": _schema("Timestamp"),
             "updatedAt": _schema("Timestamp"),
         },
@@ -220,9 +219,95 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "additionalProperties": False,
     },
     "BalanceResponse": {
-        "type": "object", "required": ["accountId", "balance", "availableBalance"],
+        "type": "object", "required": ["accountId", "balance"],
         "properties": {"accountId": _schema("ObjectId"), "balance": _schema("Balance"),
-                       "availableBalance": _schema("Balance")},
+                       "availableBalance": _schema("AvailableBalance"),
+                       "at": {**_schema("Timestamp"), "description": "Present when `?at=` was given: the balance "
+                                                                     "right after the last entry at or before it."}},
+        "description": "`{accountId, balance, availableBalance}`, or with `?at=`: `{accountId, balance, at}`.",
+        "additionalProperties": False,
+    },
+    "AvailableBalance": {"type": "number", "description": "Balance minus what unexpired holds reserve (major "
+                                                          "units).",
+                         "example": 1000.5},
+    "Hash": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "SHA-256, lower-case hex.",
+             "example": "0" * 64},
+    "Entry": {
+        "type": "object",
+        "required": ["_id", "account", "type", "amount", "currency", "balanceAfter", "seq", "transaction",
+                     "counterparty", "kind", "createdAt"],
+        "properties": {
+            "_id": _schema("ObjectId"),
+            "account": _schema("ObjectId"),
+            "type": {"type": "string", "enum": ["DEBIT", "CREDIT"]},
+            "amount": _schema("Money"),
+            "currency": _schema("Currency"),
+            "balanceAfter": _schema("Balance"),
+            "seq": {"type": "integer", "minimum": 1, "description": "The account's entry number: 1, 2, 3, ..."},
+            "transaction": _schema("ObjectId"),
+            "counterparty": {**_schema("ObjectId"), "nullable": True, "description": "The other account."},
+            "kind": {"type": "string", "nullable": True,
+                     "enum": ["TRANSFER", "INITIAL_FUNDS", "REVERSAL", "HOLD_CAPTURE", None]},
+            "createdAt": _schema("Timestamp"),
+            "prevHash": {**_schema("Hash"), "nullable": True,
+                         "description": "The previous entry's hash on this account (64 zeros for seq 1); null only "
+                                        "on entries written before the chain existed, until backfilled."},
+            "hash": {**_schema("Hash"), "nullable": True,
+                     "description": "SHA-256 of the canonical line (docs/hash-chain.md)."},
+        },
+        "additionalProperties": False,
+    },
+    "EntriesPage": {
+        "type": "object", "required": ["entries", "nextCursor"],
+        "properties": {"entries": {"type": "array", "items": _schema("Entry")},
+                       "nextCursor": {"type": "string", "nullable": True,
+                                      "description": "Pass as `cursor` for the next (older) page; null on the "
+                                                     "last page."}},
+        "additionalProperties": False,
+    },
+    "Statement": {
+        "type": "object",
+        "required": ["account", "currency", "from", "to", "openingBalance", "closingBalance", "totalDebits",
+                     "totalCredits", "openingHash", "closingHash", "entries"],
+        "properties": {
+            "account": _schema("ObjectId"),
+            "currency": _schema("Currency"),
+            "from": {"type": "string", "format": "date"},
+            "to": {"type": "string", "format": "date"},
+            "openingBalance": _schema("Balance"),
+            "closingBalance": _schema("Balance"),
+            "totalDebits": {"type": "number", "minimum": 0},
+            "totalCredits": {"type": "number", "minimum": 0},
+            "openingHash": {**_schema("Hash"), "nullable": True},
+            "closingHash": {**_schema("Hash"), "nullable": True},
+            "entries": {"type": "array", "items": _schema("Entry"), "description": "Oldest first."},
+        },
+        "additionalProperties": False,
+    },
+    "TransactionEnvelope": {
+        "type": "object", "required": ["transaction"], "properties": {"transaction": _schema("Transaction")},
+        "additionalProperties": False,
+    },
+    "VerifyProblem": {
+        "type": "object", "required": ["check", "account", "seq", "transaction", "message"],
+        "properties": {
+            "check": {"type": "string", "example": "hash"},
+            "account": {**_schema("ObjectId"), "nullable": True},
+            "seq": {"type": "integer", "nullable": True},
+            "transaction": {**_schema("ObjectId"), "nullable": True},
+            "message": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
+    "VerifyReport": {
+        "type": "object", "required": ["ok", "checked", "problemCount", "problems"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "checked": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "problemCount": {"type": "integer", "minimum": 0},
+            "problems": {"type": "array", "items": _schema("VerifyProblem"), "maxItems": 100,
+                         "description": "The first 100 problems."},
+        },
         "additionalProperties": False,
     },
     "Transaction": {
@@ -457,8 +542,45 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                       **_errors(401, 503)},
     }},
     "accounts.get_balance": {"get": {
-        "tags": ["accounts"], "operationId": "getBalance", "summary": "An account's balance",
-        "responses": {"200": _ok("The balance.", "BalanceResponse"), **_errors(401, 404, 503)},
+        "tags": ["accounts"], "operationId": "getBalance", "summary": "An account's balance (now, or at an instant)",
+        "parameters": [{"name": "at", "in": "query", "required": False,
+                        "schema": {"type": "string", "format": "date-time"},
+                        "description": "An ISO-8601 instant with its zone (`2026-03-01T10:00:00.000Z`): the "
+                                       "balance right after the last entry at or before it (0 before the first). "
+                                       "Malformed or in the future: 400."}],
+        "responses": {"200": _ok("The balance.", "BalanceResponse"), **_errors(400, 401, 404, 503)},
+    }},
+    "accounts.list_entries": {"get": {
+        "tags": ["ledger"], "operationId": "listEntries", "summary": "The account's ledger entries, newest first",
+        "description": "Keyset-paginated on the account's sequence number: every entry exactly once across the "
+                       "pages, even while transfers land (new entries appear on a fresh first page).",
+        "parameters": [
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+            {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "The previous page's `nextCursor`; any other value (or another account's) is a 400."},
+        ],
+        "responses": {"200": _ok("One page.", "EntriesPage"),
+                      "400": _error("A malformed account id, a bad limit or a cursor we did not issue for this "
+                                    "account."),
+                      **_errors(401, 404, 503)},
+    }},
+    "accounts.get_statement": {"get": {
+        "tags": ["ledger"], "operationId": "getStatement", "summary": "A statement for whole UTC days",
+        "description": "`openingBalance + totalCredits - totalDebits == closingBalance` exactly. With "
+                       "`Accept: text/csv` the same entries as CSV (a header row, one row per entry, "
+                       "`Content-Disposition: attachment`).",
+        "parameters": [
+            {"name": "from", "in": "query", "required": True, "schema": {"type": "string", "format": "date"}},
+            {"name": "to", "in": "query", "required": True, "schema": {"type": "string", "format": "date"},
+             "description": "Inclusive; from <= to, at most 366 days."},
+        ],
+        "responses": {"200": {"description": "The statement.", "headers": dict(_REQUEST_ID),
+                              "content": {"application/json": {"schema": _schema("Statement")},
+                                          "text/csv": {"schema": {"type": "string"}}}},
+                      "400": _error("A malformed account id, a missing, malformed or impossible date, from after "
+                                    "to, or more than 366 days."),
+                      **_errors(401, 404, 503)},
     }},
     "accounts.get_account": {"get": {
         "tags": ["accounts"], "operationId": "getAccount", "summary": "One of the caller's accounts",
@@ -495,6 +617,21 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                                     "caller's), inactive accounts, a currency mismatch or insufficient balance.",
                                     **_TRANSFER_HEADERS),
                       **_errors(401, 409, 413, 415, 422, 429, 503)},
+    }},
+    "transactions.get_transaction": {"get": {
+        "tags": ["transactions"], "operationId": "getTransaction",
+        "summary": "One transaction, for its initiator or the owner of either account",
+        "responses": {"200": _ok("The transaction.", "TransactionEnvelope"),
+                      "400": _error("A malformed transaction id."),
+                      "404": _error("`Transaction not found`: absent or not visible to the caller."),
+                      **_errors(401, 503)},
+    }},
+    "ledger.verify": {"get": {
+        "tags": ["ledger"], "operationId": "verifyLedger", "summary": "Prove the ledger (system user only)",
+        "description": "Every hash-chain link and hash, sequences, running balances, stored balances, "
+                       "transactions' entries and per-currency sums (docs/hash-chain.md). 200 whether or not "
+                       "problems were found; `ok` says which.",
+        "responses": {"200": _ok("The verification report.", "VerifyReport"), **_errors(401, 403, 503)},
     }},
     "transactions.create_initial_funds": {"post": {
         "tags": ["transactions"], "operationId": "createInitialFunds",
@@ -608,7 +745,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
             "100 KB answer 413, JSON nested deeper than 32 levels answers 400. Every response carries "
             "X-Request-ID; every /api response but the files of `/api/docs` carries `Cache-Control: no-store`."
         )},
-        tags=[{"name": "auth"}, {"name": "accounts"}, {"name": "transactions"}, {"name": "holds"},
+        tags=[{"name": "auth"}, {"name": "accounts"}, {"name": "transactions"}, {"name": "holds"}, {"name": "ledger"},
               {"name": "operations"}],
         security=AUTHENTICATED,
     )

@@ -14,7 +14,7 @@ def account_json(account: dict[str, Any]) -> dict[str, Any]:
         "status": account["status"],
         "currency": account["currency"],
         "balance": to_major(account.get("balance", 0), account["currency"]),
-        "availableBalance": to_major(account.get("available", account.get("balance", 0)), account["currency"]),
+        "availableBalance": available_balance(account),
         "createdAt": account.get("createdAt"),
         "updatedAt": account.get("updatedAt"),
     }
@@ -57,3 +57,33 @@ def hold_json(hold: dict[str, Any], status: str) -> dict[str, Any]:
     if hold.get("capturedAmount") is not None:
         body["capturedAmount"] = to_major(hold["capturedAmount"], currency)
     return body
+
+
+def available_balance(account: dict[str, Any]) -> Any:
+    """Balance minus what unexpired holds reserve, in major units (``available`` when the service computed it;
+    an account that was never read with its holds, such as a new one, holds nothing)."""
+    return to_major(account.get("available", account.get("balance", 0)), account["currency"])
+
+
+def _id(value: Any) -> str | None:
+    return str(value) if value is not None else None
+
+
+def entry_json(entry: dict[str, Any]) -> dict[str, Any]:
+    """A ledger entry as Part two shows it; ``counterparty`` and ``kind`` come from its transaction."""
+    currency = entry["currency"]
+    return {
+        "_id": str(entry["_id"]),
+        "account": str(entry["account"]),
+        "type": entry["type"],
+        "amount": to_major(entry["amount"], currency),
+        "currency": currency,
+        "balanceAfter": to_major(entry["balanceAfter"], currency),
+        "seq": entry["seq"],
+        "transaction": str(entry["transaction"]),
+        "counterparty": _id(entry.get("counterparty")),
+        "kind": entry.get("kind"),
+        "createdAt": entry.get("createdAt"),
+        "prevHash": entry.get("prevHash"),
+        "hash": entry.get("hash"),
+    }

@@ -11,7 +11,7 @@ from ledger import ratelimit, validation
 from ledger.api.serializers import transaction_json
 from ledger.errors import NotSystemUser, ValidationFailed
 from ledger.jsonio import json_body
-from ledger.services import reversals, transfers
+from ledger.services import history, reversals, transfers
 from ledger.services.transfers import TransferResult
 
 bp = Blueprint("transactions", __name__)
@@ -87,3 +87,11 @@ def reverse_transaction(transaction_id: str):
     reason = validation.reason(body.get("reason"))
     result = reversals.reverse(current_user, original_id, key, reason)
     return _respond(result, "Transaction reversed successfully", 201)
+
+
+@bp.get("/<transaction_id>")
+@jwt_required()
+def get_transaction(transaction_id: str):
+    record = history.get_transaction(current_user["_id"],
+                                     validation.path_object_id(transaction_id, "transactionId"))
+    return jsonify({"transaction": transaction_json(record)})

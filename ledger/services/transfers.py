@@ -13,7 +13,9 @@ One transfer is one multi-document transaction (``snapshot`` reads, ``majority``
    MongoDB each update takes the document's write lock, so a concurrent transfer on the same account is a
    write conflict, retried by :func:`ledger.db.run_in_transaction`; if a filter does not match, something
    changed since the read and the whole transaction is retried the same way. Never read-check-then-write;
-4. insert both ledger entries (positive amounts, ``balanceAfter``, the account's next sequence number);
+4. insert both ledger entries (positive amounts, ``balanceAfter``, the account's next sequence number, and
+   the hash chain: ``prevHash`` is the account's ``lastHash`` as read in step 1, pinned in the step-3 filter
+   and moved forward by the same update, so the chain is extended inside the transaction or not at all);
 5. insert the outbox messages.
 Then commit: six commands in all. The callback has no side effects outside its session.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -31,7 +34,7 @@ from pymongo import UpdateOne
 from pymongo.client_session import ClientSession
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from ledger import db, metrics, money
+from ledger import db, hashchain, metrics, money
 from ledger.errors import (
     AccountsInactive,
     BusinessRejection,
@@ -56,7 +59,7 @@ REVERSAL = "REVERSAL"
 HOLD_CAPTURE = "HOLD_CAPTURE"
 
 _ACCOUNT_READ = {"_id": 1, "user": 1, "status": 1, "currency": 1, "balance": 1, "held": 1, "seq": 1,
-                 "systemCurrency": 1}
+                 "systemCurrency": 1, "lastHash": 1, "updatedAt": 1}
 
 
 @dataclass(frozen=True)
@@ -221,8 +224,50 @@ def _record(kind: str, source: dict, target: dict, amount_minor: int, key: str, 
 
 
 def _sequence_filter(account: dict) -> dict[str, Any]:
-    # Accounts written by the Node service have no seq until migrated; pin "still absent" for them.
-    return {"seq": account["seq"]} if "seq" in account else {"seq": {"$exists": False}}
+    # Accounts written by the Node service have no seq until migrated; pin "still absent" for them. The chain
+    # head is pinned too: the entry's prevHash is only right if no other writer moved it since our read.
+    pinned: dict[str, Any] = {"seq": account["seq"]} if "seq" in account else {"seq": {"$exists": False}}
+    pinned["lastHash"] = account["lastHash"] if account.get("lastHash") else {"$exists": False}
+    return pinned
+
+
+def _entry_time(record: dict, source: dict, target: dict) -> datetime:
+    """The entries' ``createdAt``: the record's time, but never before either account's previous change.
+
+    Servers' clocks differ by a few milliseconds; without this an account's entries could go back in time
+    between consecutive sequence numbers, and a statement or a balance-at-a-time read (which select entries by
+    ``createdAt``) would disagree with the order of the chain. The accounts' ``updatedAt`` is the time of
+    their last entry (or later), so taking the maximum keeps every account's entries in time order.
+    """
+    moments = [record["createdAt"]] + [_as_utc(a["updatedAt"]) for a in (source, target) if a.get("updatedAt")]
+    return max(moments)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _entry(account: dict, entry_type: str, record: dict, balance_after: int, now: datetime) -> dict[str, Any]:
+    """The fields of a ledger entry for ``account``, chained to the account's ``lastHash`` when its chain is in
+    place (validated by :func:`to_document` once the account update has matched)."""
+    fields: dict[str, Any] = {
+        "account": account["_id"], "type": entry_type, "amount": record["amount"], "currency": record["currency"],
+        "transaction": record["_id"], "balanceAfter": balance_after, "seq": account.get("seq", 0) + 1,
+        "createdAt": now,
+    }
+    prev_hash = hashchain.chain_head(account)
+    if prev_hash is not None:
+        fields.update(prevHash=prev_hash, hash=hashchain.entry_hash(fields, prev_hash))
+    return fields
+
+
+def _account_update(amount_delta: int, now: datetime, entry: dict[str, Any], release: int = 0) -> dict[str, Any]:
+    update: dict[str, Any] = {"$inc": {"balance": amount_delta, "seq": 1}, "$set": {"updatedAt": now}}
+    if release:  # a captured hold stops being held as its money moves
+        update["$inc"]["held"] = -release
+    if "hash" in entry:
+        update["$set"]["lastHash"] = entry["hash"]
+    return update
 
 
 def available_minor(account: dict[str, Any]) -> int:
@@ -266,37 +311,30 @@ def _move(session: ClientSession, record: dict, source: dict, target: dict,
     ``release`` is what a captured hold reserved on ``source``: it stops being held as the money moves.
     """
     database = db.get_db()
-    amount_minor, currency, now = record["amount"], record["currency"], record["createdAt"]
+    amount_minor, currency = record["amount"], record["currency"]
+    now = _entry_time(record, source, target)
     debit_filter: dict[str, Any] = {"_id": source["_id"], "currency": currency, **_sequence_filter(source)}
-    debit_change: dict[str, Any] = {"balance": -amount_minor, "seq": 1}
-    if release:
-        debit_change["held"] = -release
     if owner_id is not None:  # a customer account: owned by the caller, active, funded beyond what is held
         debit_filter.update({"user": owner_id, "status": "ACTIVE", "balance": {"$gte": amount_minor},
                              **available_filter(amount_minor - release)})
     else:  # the system account, which alone may go negative
         debit_filter["systemCurrency"] = currency
     credit_filter = {"_id": target["_id"], "status": "ACTIVE", "currency": currency, **_sequence_filter(target)}
+    debit_after = source.get("balance", 0) - amount_minor
+    credit_after = target.get("balance", 0) + amount_minor
+    debit = _entry(source, "DEBIT", record, debit_after, now)
+    credit = _entry(target, "CREDIT", record, credit_after, now)
     result = database.accounts.bulk_write(
         [
-            UpdateOne(debit_filter, {"$inc": debit_change, "$set": {"updatedAt": now}}),
-            UpdateOne(credit_filter, {"$inc": {"balance": amount_minor, "seq": 1}, "$set": {"updatedAt": now}}),
+            UpdateOne(debit_filter, _account_update(-amount_minor, now, debit, release=release)),
+            UpdateOne(credit_filter, _account_update(amount_minor, now, credit)),
         ],
         ordered=True,
         session=session,
     )
     if result.matched_count != 2:
         raise _AccountChanged()
-    debit_after = source.get("balance", 0) - amount_minor
-    credit_after = target.get("balance", 0) + amount_minor
-    entries = [
-        to_document(LedgerEntry, account=source["_id"], type="DEBIT", amount=amount_minor, currency=currency,
-                    transaction=record["_id"], balanceAfter=debit_after, seq=source.get("seq", 0) + 1,
-                    createdAt=now),
-        to_document(LedgerEntry, account=target["_id"], type="CREDIT", amount=amount_minor, currency=currency,
-                    transaction=record["_id"], balanceAfter=credit_after, seq=target.get("seq", 0) + 1,
-                    createdAt=now),
-    ]
+    entries = [to_document(LedgerEntry, **debit), to_document(LedgerEntry, **credit)]
     database.ledgers.insert_many(entries, ordered=True, session=session)
     return debit_after, credit_after
 

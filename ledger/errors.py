@@ -165,11 +165,6 @@ class OwnerOnly(LedgerError):
     message = "Forbidden, only the account owner may close it"
 
 
-class TransactionNotFound(LedgerError):
-    status_code = 404
-    message = "Transaction not found"
-
-
 class TransactionNotReversible(LedgerError):
     status_code = 409
     message = "Transaction cannot be reversed"

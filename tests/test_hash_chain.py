@@ -346,7 +346,7 @@ def test_the_verification_reads_every_collection_in_index_order(app: Flask, ledg
                for name, models in db.declared_indexes().items()}
     sorts = {(query.collection, tuple(field for field, _ in query.sort)) for query in recorder.queries}
     assert sorts == {("accounts", ("_id",)), ("ledgers", ("account", "seq")), ("ledgers", ("transaction",)),
-                     ("transactions", ("_id",))}
+                     ("transactions", ("_id",)), ("holds", ("fromAccount",))}
     for collection, fields in sorts:
         assert any(keys[:len(fields)] == list(fields) for keys in indexes[collection]), (collection, fields)
 

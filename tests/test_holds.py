@@ -417,4 +417,4 @@ def test_verify_names_a_held_amount_the_holds_do_not_explain(app, h, shop, tampe
     with app.app_context():
         problems = audit.verify().problems
     assert problems
-    assert all(source in p for p in problems), problems
+    assert all(p.check == "held" and str(p.account) == source for p in problems), problems

@@ -387,16 +387,27 @@ def _check_transaction(record: dict[str, Any], entries: list[dict[str, Any]], re
 
 
 def _check_holds(database: Any, session: Any, report: AuditReport) -> None:
-    """Each account's ``held`` equals what its ACTIVE holds reserve, and never exceeds its balance."""
-    reserved: dict[ObjectId, int] = {}
-    for hold in database.holds.find({"status": "ACTIVE"}, {"fromAccount": 1, "amount": 1}, session=session):
-        reserved[hold["fromAccount"]] = reserved.get(hold["fromAccount"], 0) + hold["amount"]
-    for account in database.accounts.find({"held": {"$gt": 0}}, {"held": 1, "balance": 1}, session=session):
-        held, expected = account["held"], reserved.pop(account["_id"], 0)
-        if held != expected:
-            report.add("held", f"held {held}, its ACTIVE holds reserve {expected}", account=account["_id"])
-        if held > account.get("balance", 0):
+    """Each account's ``held`` equals what its ACTIVE holds reserve, and never exceeds its balance.
+
+    ``accounts`` by ``_id`` beside the ACTIVE ``holds`` by ``fromAccount`` (a prefix of their index), so memory
+    stays bounded by one account's holds.
+    """
+    holds = _Peekable(iter(database.holds.find({"status": "ACTIVE"}, {"fromAccount": 1, "amount": 1},
+                                               sort=[("fromAccount", 1)], session=session)))
+    for account in database.accounts.find({}, {"held": 1, "balance": 1}, sort=[("_id", 1)], session=session):
+        while (hold := holds.peek()) is not None and _before(hold["fromAccount"], account["_id"]):
+            holds.pop()
+            report.add("held", f"ACTIVE hold {hold['_id']} is on an account that does not exist",
+                       account=hold["fromAccount"])
+        reserved = 0
+        while (hold := holds.peek()) is not None and hold["fromAccount"] == account["_id"]:
+            reserved += holds.pop()["amount"]
+        held = account.get("held") or 0
+        if held != reserved:
+            report.add("held", f"held {held}, its ACTIVE holds reserve {reserved}", account=account["_id"])
+        if held > 0 and held > account.get("balance", 0):
             report.add("held", f"held {held} exceeds the balance {account.get('balance', 0)}",
                        account=account["_id"])
-    for account_id, amount in reserved.items():
-        report.add("held", f"ACTIVE holds reserve {amount}, held is 0", account=account_id)
+    while (hold := holds.pop()) is not None:
+        report.add("held", f"ACTIVE hold {hold['_id']} is on an account that does not exist",
+                   account=hold["fromAccount"])

@@ -63,7 +63,7 @@ def test_a_node_client_spelling_paths_its_own_way_moves_money():
                             json={"fromAccount": source, "toAccount": target, "amount": 20, "idempotencyKey": "k1"})
         assert moved.status_code == 200, moved.get_json()
         balance = api.request("GET", f"/api/Accounts/Balance/{source.upper()}/", token)
-        assert balance.get_json() == {"accountId": source, "balance": 30}
+        assert balance.get_json() == {"accountId": source, "balance": 30, "availableBalance": 30}
     finally:
         drop_database(app)
 

@@ -1,12 +1,18 @@
-"""Flask CLI commands: ``flask --app wsgi <command>``."""
+"""Flask CLI commands: ``ledger <command>`` (:mod:`ledger.console`), or ``flask --app wsgi <command>``.
+
+Every command registered on ``app.cli`` here appears in both. A renamed command keeps its old name as a
+hidden alias (:func:`alias`), so scripts written against the old name keep working.
+"""
 
 from __future__ import annotations
+
+import copy
 
 import click
 from flask import Flask
 from flask.cli import with_appcontext
 
-from ledger import validation
+from ledger import progress, validation
 from ledger.errors import ValidationFailed
 from ledger.services.outbox import send_emails
 
@@ -14,10 +20,19 @@ from ledger.services.outbox import send_emails
 def init_app(app: Flask) -> None:
     app.cli.add_command(create_system_user)
     app.cli.add_command(verify_ledger)
+    app.cli.add_command(alias(verify_ledger, "verify-ledger"))
     app.cli.add_command(send_emails)
     from ledger.migrate import migrate_node_db
 
     app.cli.add_command(migrate_node_db)
+
+
+def alias(command: click.Command, name: str) -> click.Command:
+    """``command`` under another name (an old one), hidden from the list of commands."""
+    aliased = copy.copy(command)
+    aliased.name = name
+    aliased.hidden = True
+    return aliased
 
 
 @click.command("create-system-user")
@@ -41,13 +56,13 @@ def create_system_user(email: str, name: str, password: str, currency: str) -> N
     click.echo(f"system user {user['email']} ({user['_id']}) {'created' if created else 'already exists'}")
 
 
-@click.command("verify-ledger")
+@click.command("verify")
 @with_appcontext
 def verify_ledger() -> None:
-    """Recompute every balance from the ledger entries; exit 1 on any mismatch."""
+    """Recompute every balance from the ledger entries; exit 1 on any mismatch (also: verify-ledger)."""
     from ledger.services.audit import verify
 
-    report = verify()
+    report = verify(show_progress=progress.enabled())
     for problem in report.problems:
         click.echo(f"MISMATCH {problem}")
     sums = ", ".join(f"{currency} {total}" for currency, total in sorted(report.balance_by_currency.items()))

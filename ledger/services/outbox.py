@@ -32,6 +32,7 @@ import os
 import random
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,7 +43,7 @@ from flask.cli import with_appcontext
 from pymongo import ReturnDocument
 from pymongo.database import Database
 
-from ledger import db, mailer, metrics
+from ledger import db, mailer, metrics, progress
 from ledger.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -181,13 +182,23 @@ def _counted(result: str) -> str:
     return result
 
 
+def due_count(database: Database, due_by: datetime | None = None) -> int:
+    """How many messages :func:`claim_next` could take now (for a progress bar; not a promise)."""
+    now = utcnow()
+    return database.notifications.count_documents({"$or": [
+        {"status": PENDING, "nextAttemptAt": {"$lte": due_by or now}},
+        {"status": SENDING, "claimedUntil": {"$lte": now}},
+    ]})
+
+
 def drain(app: Flask | None = None, *, limit: int | None = None,
-          stop: threading.Event | None = None) -> DrainReport:
+          stop: threading.Event | None = None, on_message: Callable[[str], None] | None = None) -> DrainReport:
     """Deliver every message due now (at most ``limit``), in the caller's app context.
 
     Only messages due when the pass starts are taken, so a message that fails is tried at most once per pass
     (however short its backoff) and a drain always ends. It also ends early when the SMTP server is
-    unreachable, or when ``stop`` is set.
+    unreachable, or when ``stop`` is set. ``on_message`` is called with each message's outcome (``"sent"``,
+    ``"logged"``, ``"retried"``, ``"parked"`` or ``"lost"``), e.g. to advance a progress bar.
     """
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
     database = db.get_db(app)
@@ -205,11 +216,15 @@ def drain(app: Flask | None = None, *, limit: int | None = None,
                 report.retried += 1
                 report.transport_down = True
                 report.errors.append(str(exc))
+                if on_message is not None:
+                    on_message("retried")
                 break
             if result == "lost":
                 report.lost_leases += 1
             else:
                 setattr(report, result, getattr(report, result) + 1)
+            if on_message is not None:
+                on_message(result)
     return report
 
 
@@ -333,7 +348,8 @@ def send_emails(once: bool, poll_seconds: float | None) -> None:
         click.echo("warning: MONGO_URI is not set; this process has its own empty embedded database, "
                    "so only mail queued by this process can be sent", err=True)
     if once:
-        report = drain(app)
+        with progress.bar("messages", due_count(db.get_db(app)), unit="msg") as bar:
+            report = drain(app, on_message=lambda _result: bar.update())
         click.echo(report.summary())
         if report.transport_down:
             raise SystemExit(1)

@@ -59,7 +59,7 @@ def create_system_user(email: str, name: str, password: str, currency: str) -> N
 @click.command("verify")
 @with_appcontext
 def verify_ledger() -> None:
-    """Recompute every balance from the ledger entries; exit 1 on any mismatch (also: verify-ledger)."""
+    """Recompute every balance from the ledger entries; exit 1 on any mismatch. (Old name: verify-ledger.)"""
     from ledger.services.audit import verify
 
     report = verify(show_progress=progress.enabled())

@@ -11,6 +11,7 @@ touches the database.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -42,13 +43,13 @@ def load_app() -> Flask:
 class LedgerGroup(FlaskGroup):
     """A FlaskGroup that always loads this project's app (no ``--app``, ``--debug`` or ``.env`` handling)."""
 
-    def __init__(self) -> None:
+    def __init__(self, create_app: Callable[[], Flask] | None = None) -> None:
         super().__init__(
             name="ledger",
             help="Operator commands of the Banking Ledger. They read the same environment as the server "
                  "(APP_ENV, MONGO_URI, JWT_SECRET, SYSTEM_USER_*, MAIL_*); `flask --app wsgi COMMAND` runs the "
                  "same commands. `ledger COMMAND --help` describes one.",
-            create_app=load_app,
+            create_app=create_app or load_app,
             add_default_commands=False,
             add_version_option=False,
             load_dotenv=False,
@@ -59,6 +60,15 @@ class LedgerGroup(FlaskGroup):
         click.version_option(package_name="banking-ledger", prog_name="ledger")(self)
         self.add_command(routes_command)
         self.add_command(shell_command)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except BaseException:
+            # `ledger --help` ends here, after listing the commands pushed an app context onto ctx: close ctx
+            # so that context does not outlive the command (it matters when the group runs in-process).
+            ctx.close()
+            raise
 
 
 cli = LedgerGroup()

@@ -452,6 +452,17 @@ def test_progress_is_printed_every_n_documents(node_app):
     assert "transactions: 8/8" in result.output
 
 
+def test_on_a_terminal_progress_is_a_bar_per_collection_instead_of_lines(node_app, monkeypatch):
+    monkeypatch.setenv("LEDGER_PROGRESS", "1")  # what a terminal on stderr turns on (ledger.progress)
+    result = run_migration(node_app, "--progress-every", "2")
+    assert result.exit_code == 0, result.output
+    assert "ledger entries: 100%|██████████| 14/14" in result.stderr, result.stderr
+    assert "transactions: 100%|██████████| 8/8" in result.stderr, result.stderr
+    assert "ledger entries: 3/14" not in result.output  # the lines are for logs, not terminals
+    assert "Step 6/6" in result.stdout
+    assert "%|" not in result.stdout
+
+
 def test_an_empty_system_account_made_at_start_up_gives_way_to_the_node_system_account():
     seed = make_app(**NO_SYSTEM_USER)
     drop_database(seed)

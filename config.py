@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 import sys
 from datetime import timedelta
 from typing import NoReturn
+from urllib.parse import unquote_plus
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -94,10 +96,31 @@ def _check_mongo_uri(uri: str) -> None:
     try:
         parse(uri)
     except (InvalidURI, DriverConfigurationError, ValueError) as exc:
+        detail = str(exc)
+        reason = f": {detail}" if not any(secret in detail for secret in _uri_secrets(uri)) else (
+            " (the driver's reason is not shown: it quotes part of the credentials; check that the user name "
+            "and password are percent-encoded)")
         raise ConfigurationError(
-            f"MONGO_URI is not a usable MongoDB connection string: {exc} (expected the form "
+            f"MONGO_URI is not a usable MongoDB connection string{reason} (expected the form "
             f"mongodb://host1,host2,host3/database?replicaSet=rs0, or unset MONGO_URI for the embedded engine)"
         ) from None
+
+
+_SECRET_OPTION = re.compile(r"password|secret|token|key|authmechanismproperties", re.IGNORECASE)
+
+
+def _uri_secrets(uri: str) -> set[str]:
+    """Every piece of ``uri`` an error message must not quote: the user info (everything between the scheme and
+    the last ``@``, cut at ``:``, ``/`` and ``@``, raw and percent-decoded) and the values of secret options."""
+    pieces: set[str] = set()
+    scheme_end, at = uri.find("://"), uri.rfind("@")
+    if scheme_end != -1 and at > scheme_end:
+        pieces.update(re.split(r"[:/@]", uri[scheme_end + 3:at]))
+    for option in re.split(r"[&;]", uri.partition("?")[2]):
+        name, _, value = option.partition("=")
+        if _SECRET_OPTION.search(name):
+            pieces.update(re.split(r"[:,]", value))
+    return {variant for piece in pieces for variant in (piece, unquote_plus(piece)) if variant}
 
 
 def _check_rate_limit(name: str, value: str) -> None:

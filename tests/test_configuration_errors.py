@@ -82,6 +82,59 @@ def test_the_password_in_a_broken_mongo_uri_is_never_printed():
     assert "hunter2-secret" not in done.stdout + done.stderr
 
 
+WITHHELD = (" (the driver's reason is not shown: it quotes part of the credentials; check that the user name and "
+            "password are percent-encoded)")
+
+
+def _mongo_uri_reason(monkeypatch, capsys, uri: str) -> str:
+    """What the paragraph says about a broken MONGO_URI between the fixed words around it."""
+    for name in _NOT_INHERITED:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MONGO_URI", uri)
+    with pytest.raises(SystemExit):
+        config.preflight()
+    err = capsys.readouterr().err
+    prefix = "Configuration error: MONGO_URI is not a usable MongoDB connection string"
+    assert err.startswith(prefix), err
+    return err[len(prefix):].split(" (expected the form ")[0]
+
+
+@pytest.mark.parametrize(("uri", "secret"), [
+    ("mongodb://admin:hunter2-secret@127.0.0.1:99999999/ledger", "hunter2-secret"),
+    ("mongodb://admin:pa/ss-word@127.0.0.1/ledger", "pa"),  # the '/' makes the driver read "pa" as a port
+    ("mongodb://admin:pa/ss-word@127.0.0.1/ledger", "ss-word"),
+    ("mongodb://ad:min:pw@127.0.0.1/ledger", "min"),
+    ("mongodb://user%3A:p%40ss@h:notaport/x", "p@ss"),
+    ("mongodb://h/x?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:tok-123,X:y", "tok-123"),
+])
+def test_a_broken_mongo_uri_is_refused_without_quoting_its_secrets(monkeypatch, capsys, uri, secret):
+    reason = _mongo_uri_reason(monkeypatch, capsys, uri)
+    assert reason == WITHHELD or secret not in reason, reason
+
+
+@pytest.mark.parametrize(("uri", "secrets"), [
+    ("mongodb://admin:hunter2@h/x", ["hunter2", "admin"]),
+    ("mongodb://admin:p%40ss@h/x", ["p@ss", "p%40ss"]),
+    ("mongodb://admin:pa/ss@h/x", ["pa", "ss"]),
+    ("mongodb://h/x?tlsCertificateKeyFilePassword=s3cr3t", ["s3cr3t"]),
+    ("mongodb://h/x?authMechanismProperties=AWS_SESSION_TOKEN:tok-123", ["tok-123"]),
+])
+def test_a_driver_message_that_quotes_a_secret_is_withheld(monkeypatch, capsys, uri, secrets):
+    """pymongo's messages quote no credentials today; if one ever does, the paragraph leaves it out."""
+    import pymongo.uri_parser_shared
+
+    for secret in secrets:
+        def quoting(_uri: str, secret: str = secret) -> None:
+            raise ValueError(f"something is wrong near {secret!r}")
+
+        monkeypatch.setattr(pymongo.uri_parser_shared, "_validate_uri", quoting)
+        reason = _mongo_uri_reason(monkeypatch, capsys, uri)
+        assert reason == WITHHELD, reason
+    monkeypatch.setattr(pymongo.uri_parser_shared, "_validate_uri",
+                        lambda _uri: (_ for _ in ()).throw(ValueError("Port must be an integer")))
+    assert _mongo_uri_reason(monkeypatch, capsys, uri) == ": Port must be an integer"
+
+
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_the_preflight_refuses_every_broken_configuration_with_one_paragraph(case, monkeypatch, capsys):
     """In-process, every case; the subprocess tests below run a few of them through each entry point."""

@@ -236,3 +236,13 @@ def test_scripts_serve_with_a_good_configuration_does_listen(serve_env, tmp_path
     text = log.read_text(errors="replace")
     assert f"Listening at: http://127.0.0.1:{port}" in text
     assert "Configuration error" not in text
+
+
+def test_scripts_ledger_runs_the_command_from_the_shared_venv_and_refuses_a_broken_configuration(serve_env, tmp_path):
+    ledger = str(REPO_ROOT / "scripts" / "ledger")
+    done = run([ledger, "verify"], serve_env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "ledger OK"
+    assert "==> installing" not in done.stderr  # the shared .venv is already installed
+    variables, phrase = BROKEN["production-without-mongo"]
+    assert_refused(run([ledger, "verify"], {**serve_env, **variables}, cwd=tmp_path), phrase)

@@ -38,6 +38,13 @@ def enabled(stream: IO[str] | None = None) -> bool:
         return False
 
 
+def _columns(stream: IO[str]) -> int | None:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 class Bar:
     """A progress bar, or nothing at all when bars are off (every method is then a no-op)."""
 
@@ -47,8 +54,9 @@ class Bar:
         self.done = 0
         self._bar: tqdm | None = None
         if enabled(stream):
-            self._bar = tqdm(total=total, desc=description, unit=unit, file=stream, dynamic_ncols=True,
-                             mininterval=0.2, leave=True)
+            width = _columns(stream)  # follow the terminal's width; 80 when it reports none (a fresh pty)
+            self._bar = tqdm(total=total, desc=description, unit=unit, file=stream, dynamic_ncols=width is not None,
+                             ncols=None if width is not None else 80, mininterval=0.2, leave=True)
 
     @property
     def drawn(self) -> bool:

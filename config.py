@@ -6,9 +6,14 @@ default) or ``testing``. Production refuses to start without the secrets it cann
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import secrets
+import sys
 from datetime import timedelta
+from typing import NoReturn
+from urllib.parse import unquote_plus
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -18,6 +23,38 @@ def _env_bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+class ConfigurationError(RuntimeError):
+    """Raised at start-up when the environment cannot produce a safe configuration."""
+
+
+# sysexits.h EX_CONFIG: the exit status of every entry point (scripts/serve and gunicorn, ``ledger``,
+# ``flask --app wsgi``) refusing to start on a configuration error.
+EXIT_CONFIGURATION_ERROR = 78
+
+
+def explain(error: ConfigurationError) -> str:
+    """The one paragraph an operator sees for a configuration error."""
+    return (f"Configuration error: {str(error).rstrip('.')}. Nothing was started. Fix the environment (every "
+            f"variable is described in .env.example and in the README's Configuration section) and start again.")
+
+
+def exit_with(error: ConfigurationError) -> NoReturn:
+    """Print :func:`explain` on stderr and exit with :data:`EXIT_CONFIGURATION_ERROR`: no traceback."""
+    sys.stderr.write(explain(error) + "\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_CONFIGURATION_ERROR)
+
+
+def preflight() -> None:
+    """Check the environment's configuration; on an error, :func:`exit_with` it (used before anything binds a
+    port: ``scripts/serve`` runs it before gunicorn starts, ``gunicorn.conf.py``'s ``on_starting`` before it
+    listens)."""
+    try:
+        load_config()
+    except ConfigurationError as error:
+        exit_with(error)
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -25,7 +62,75 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError as exc:
-        raise RuntimeError(f"{name} must be an integer, got {raw!r}") from exc
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from exc
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from exc
+    if not math.isfinite(value) or value < 0:
+        raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}")
+    return value
+
+
+def _check_mongo_uri(uri: str) -> None:
+    """Refuse a MONGO_URI the driver could not use, without connecting (and without mongodb+srv's DNS lookups).
+
+    The error names what is wrong but never echoes the URI, which may carry a password.
+    """
+    from pymongo.errors import ConfigurationError as DriverConfigurationError
+    from pymongo.errors import InvalidURI
+
+    try:
+        from pymongo.uri_parser_shared import _validate_uri as parse  # pymongo >= 4.11: parses, no DNS
+    except ImportError:  # pragma: no cover - older pymongo: the public parser (SRV URIs would need DNS)
+        from pymongo.uri_parser import parse_uri as parse
+
+        if uri.startswith("mongodb+srv://"):
+            return
+    try:
+        parse(uri)
+    except (InvalidURI, DriverConfigurationError, ValueError) as exc:
+        detail = str(exc)
+        reason = f": {detail}" if not any(secret in detail for secret in _uri_secrets(uri)) else (
+            " (the driver's reason is not shown: it quotes part of the credentials; check that the user name "
+            "and password are percent-encoded)")
+        raise ConfigurationError(
+            f"MONGO_URI is not a usable MongoDB connection string{reason} (expected the form "
+            f"mongodb://host1,host2,host3/database?replicaSet=rs0, or unset MONGO_URI for the embedded engine)"
+        ) from None
+
+
+_SECRET_OPTION = re.compile(r"password|secret|token|key|authmechanismproperties", re.IGNORECASE)
+
+
+def _uri_secrets(uri: str) -> set[str]:
+    """Every piece of ``uri`` an error message must not quote: the user info (everything between the scheme and
+    the last ``@``, cut at ``:``, ``/`` and ``@``, raw and percent-decoded) and the values of secret options."""
+    pieces: set[str] = set()
+    scheme_end, at = uri.find("://"), uri.rfind("@")
+    if scheme_end != -1 and at > scheme_end:
+        pieces.update(re.split(r"[:/@]", uri[scheme_end + 3:at]))
+    for option in re.split(r"[&;]", uri.partition("?")[2]):
+        name, _, value = option.partition("=")
+        if _SECRET_OPTION.search(name):
+            pieces.update(re.split(r"[:,]", value))
+    return {variant for piece in pieces for variant in (piece, unquote_plus(piece)) if variant}
+
+
+def _check_rate_limit(name: str, value: str) -> None:
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value!r} is not a rate limit (expected e.g. '10 per minute;50 per "
+                                 f"hour')") from None
 
 
 def _storage_timeouts(uri: str) -> dict[str, float]:
@@ -34,10 +139,6 @@ def _storage_timeouts(uri: str) -> dict[str, float]:
     if uri.startswith(("redis", "rediss")):
         return {"socket_timeout": 1, "socket_connect_timeout": 1}
     return {}
-
-
-class ConfigurationError(RuntimeError):
-    """Raised at start-up when the environment cannot produce a safe configuration."""
 
 
 MAIL_BACKENDS = ("smtp", "log")
@@ -82,7 +183,7 @@ class Config:
         # Database: MONGO_URI set -> real MongoDB (a replica set); unset -> the embedded in-memory engine.
         self.MONGO_URI = env("MONGO_URI") or None
         self.MONGO_DB_NAME = env("MONGO_DB_NAME") or None  # default: the URI's database, else banking-ledger
-        self.TRANSACTION_TIMEOUT_SECONDS = float(env("TRANSACTION_TIMEOUT_SECONDS") or 10)
+        self.TRANSACTION_TIMEOUT_SECONDS = _env_float("TRANSACTION_TIMEOUT_SECONDS", 10)
 
         self.JWT_SECRET_KEY = env("JWT_SECRET") or None
         self.COOKIE_SECURE = _env_bool("COOKIE_SECURE", False)
@@ -106,19 +207,19 @@ class Config:
         self.MAIL_PASSWORD = _aliased("MAIL_PASSWORD", "EMAIL_PASS")
         self.MAIL_DEFAULT_SENDER = env("MAIL_DEFAULT_SENDER") or "Banking Ledger <no-reply@ledger.local>"
         self.OUTBOX_SENDER_ENABLED = _env_bool("OUTBOX_SENDER_ENABLED", True)
-        self.OUTBOX_POLL_SECONDS = float(env("OUTBOX_POLL_SECONDS") or 2)
+        self.OUTBOX_POLL_SECONDS = _env_float("OUTBOX_POLL_SECONDS", 2)
         self.OUTBOX_MAX_ATTEMPTS = _env_int("OUTBOX_MAX_ATTEMPTS", 8)
-        self.OUTBOX_BACKOFF_SECONDS = float(env("OUTBOX_BACKOFF_SECONDS") or 30)  # doubles per attempt
-        self.OUTBOX_BACKOFF_MAX_SECONDS = float(env("OUTBOX_BACKOFF_MAX_SECONDS") or 3600)
-        self.OUTBOX_LEASE_SECONDS = float(env("OUTBOX_LEASE_SECONDS") or 120)  # > MAIL_TIMEOUT_SECONDS
+        self.OUTBOX_BACKOFF_SECONDS = _env_float("OUTBOX_BACKOFF_SECONDS", 30)  # doubles per attempt
+        self.OUTBOX_BACKOFF_MAX_SECONDS = _env_float("OUTBOX_BACKOFF_MAX_SECONDS", 3600)
+        self.OUTBOX_LEASE_SECONDS = _env_float("OUTBOX_LEASE_SECONDS", 120)  # > MAIL_TIMEOUT_SECONDS
         # A message whose sender's lease expires this many times (it crashed mid-delivery) is parked.
         self.OUTBOX_MAX_LEASE_EXPIRIES = _env_int("OUTBOX_MAX_LEASE_EXPIRIES", 3)
         # While the SMTP server is unavailable the transport pauses: this long, doubling, capped.
-        self.OUTBOX_TRANSPORT_BACKOFF_SECONDS = float(env("OUTBOX_TRANSPORT_BACKOFF_SECONDS") or 10)
-        self.OUTBOX_TRANSPORT_BACKOFF_MAX_SECONDS = float(env("OUTBOX_TRANSPORT_BACKOFF_MAX_SECONDS") or 300)
-        self.MAIL_TIMEOUT_SECONDS = float(env("MAIL_TIMEOUT_SECONDS") or 10)
+        self.OUTBOX_TRANSPORT_BACKOFF_SECONDS = _env_float("OUTBOX_TRANSPORT_BACKOFF_SECONDS", 10)
+        self.OUTBOX_TRANSPORT_BACKOFF_MAX_SECONDS = _env_float("OUTBOX_TRANSPORT_BACKOFF_MAX_SECONDS", 300)
+        self.MAIL_TIMEOUT_SECONDS = _env_float("MAIL_TIMEOUT_SECONDS", 10)
         # How often expired holds are marked EXPIRED (tidying only: expiry is exact without it). 0 turns it off.
-        self.HOLD_SWEEP_SECONDS = float(env("HOLD_SWEEP_SECONDS") or 30)
+        self.HOLD_SWEEP_SECONDS = _env_float("HOLD_SWEEP_SECONDS", 30)
 
         self.LOG_LEVEL = env("LOG_LEVEL") or "INFO"
         # How many reverse proxies (load balancers) sit in front of the app. Their X-Forwarded-For/-Proto are
@@ -147,8 +248,17 @@ class Config:
         # CORS is off unless an allow-list of origins is given (comma-separated, exact origins).
         self.CORS_ORIGINS = [o.strip() for o in (env("CORS_ORIGINS") or "").split(",") if o.strip()]
 
+    def check(self) -> None:
+        """Refuse values that cannot work in any environment (each raises :class:`ConfigurationError`)."""
+        if self.MONGO_URI:
+            _check_mongo_uri(self.MONGO_URI)
+        for name in ("RATELIMIT_LOGIN", "RATELIMIT_LOGIN_PER_ADDRESS", "RATELIMIT_REGISTER",
+                     "RATELIMIT_REGISTER_PER_ADDRESS", "RATELIMIT_TRANSFER"):
+            _check_rate_limit(name, getattr(self, name))
+
     def validate(self) -> None:
         """Fill in development defaults; production overrides this to make missing secrets fatal."""
+        self.check()
         self.validate_mail()
         if not self.JWT_SECRET_KEY:
             self.JWT_SECRET_KEY = secrets.token_urlsafe(48)
@@ -221,6 +331,7 @@ class ProductionConfig(Config):
                 )
         if len(self.JWT_SECRET_KEY) < 32:
             raise ConfigurationError("JWT_SECRET is too short: production needs at least 32 characters")
+        self.check()
         self.validate_mail()
         if not self.MAIL_SERVER and self.MAIL_BACKEND != "log":
             raise ConfigurationError(

@@ -57,7 +57,17 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 
 def on_starting(server):
-    """Refuse a configuration that would silently lose data: the embedded engine with a preloaded app."""
+    """Before any port is bound: refuse a configuration error (``config.load_config``: e.g. production without
+    JWT_SECRET, an unusable MONGO_URI) with one paragraph on stderr and exit status 78, and refuse a
+    configuration that would silently lose data: the embedded engine with a preloaded app."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # config.py sits beside this file
+    try:
+        import config
+    finally:
+        sys.path.pop(0)
+    config.preflight()
     if server.cfg.preload_app and not _MONGO:
         raise RuntimeError("--preload cannot be used with the embedded engine (MONGO_URI unset): each worker "
                            "would start from an empty copy of the in-memory database")

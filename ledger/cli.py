@@ -1,14 +1,18 @@
-"""Flask CLI commands: ``flask --app wsgi <command>``."""
+"""Flask CLI commands: ``ledger <command>`` (:mod:`ledger.console`), or ``flask --app wsgi <command>``.
+
+Every command registered on ``app.cli`` here appears in both. A renamed command keeps its old name as a
+hidden alias (:func:`alias`), so scripts written against the old name keep working.
+"""
 
 from __future__ import annotations
 
-import sys
+import copy
 
 import click
 from flask import Flask
 from flask.cli import with_appcontext
 
-from ledger import validation
+from ledger import progress, validation
 from ledger.errors import ValidationFailed
 from ledger.services.outbox import outbox_cli, send_emails
 
@@ -17,11 +21,20 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(create_system_user)
     app.cli.add_command(verify_ledger)
     app.cli.add_command(backfill_ledger_chain)
+    app.cli.add_command(alias(verify_ledger, "verify-ledger"))
     app.cli.add_command(send_emails)
     app.cli.add_command(outbox_cli)
     from ledger.migrate import migrate_node_db
 
     app.cli.add_command(migrate_node_db)
+
+
+def alias(command: click.Command, name: str) -> click.Command:
+    """``command`` under another name (an old one), hidden from the list of commands."""
+    aliased = copy.copy(command)
+    aliased.name = name
+    aliased.hidden = True
+    return aliased
 
 
 @click.command("create-system-user")
@@ -45,19 +58,33 @@ def create_system_user(email: str, name: str, password: str, currency: str) -> N
     click.echo(f"system user {user['email']} ({user['_id']}) {'created' if created else 'already exists'}")
 
 
-@click.command("verify-ledger")
+@click.command("verify")
 @with_appcontext
-@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+@click.option("--quiet", is_flag=True, help="No progress bars on stderr.")
 def verify_ledger(quiet: bool) -> None:
     """Prove the ledger: hash chains, sequences, running balances, stored balances, transactions, per-currency
-    sums. Prints every problem found (PROBLEM <check>: account <id> seq <n>: what differs); exit 1 if any."""
+    sums, held amounts. Prints every problem found (PROBLEM <check>: account <id> seq <n>: what differs); exit 1
+    if any. (Old name: verify-ledger.)"""
+    from ledger import db
     from ledger.services.audit import verify
 
-    def progress(phase: str, count: int) -> None:
-        if not quiet:
-            click.echo(f"  ... {count} {phase} checked", err=True)
+    bars: dict[str, progress.Bar] = {}
+    collections = {"entries": ("ledger entries", "ledgers", "entry"), "accounts": ("accounts", "accounts", "account"),
+                   "transactions": ("transactions", "transactions", "transaction")}
 
-    report = verify(keep=0, on_problem=lambda problem: click.echo(f"PROBLEM {problem}"), on_progress=progress)
+    def on_progress(phase: str, count: int) -> None:
+        if phase not in bars:  # totals from the collections' metadata: an estimate is enough for a bar
+            label, collection, unit = collections[phase]
+            total = db.get_db()[collection].estimated_document_count()
+            bars[phase] = progress.Bar(label, total=total, unit=unit)
+        bars[phase].reach(count)
+
+    try:
+        report = verify(keep=0, on_problem=lambda problem: click.echo(f"PROBLEM {problem}"),
+                        on_progress=None if quiet or not progress.enabled() else on_progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
     sums = ", ".join(f"{currency} {total}" for currency, total in sorted(report.balance_by_currency.items()))
     click.echo(f"accounts checked: {report.accounts}, entries: {report.entries}, transactions: "
                f"{report.transactions}, sum of balances per currency (minor units): {sums or 'none'}")
@@ -76,7 +103,7 @@ def backfill_ledger_chain(dry_run: bool) -> None:
     from ledger.services.backfill import accounts_to_chain, backfill
 
     pending = accounts_to_chain(db.get_db())
-    with click.progressbar(length=len(pending), label="accounts", file=sys.stderr) as bar:
-        report = backfill(dry_run=dry_run, echo=click.echo, on_account=lambda _account: bar.update(1))
+    with progress.bar("accounts", total=len(pending), unit="account") as bar:
+        report = backfill(dry_run=dry_run, echo=click.echo, on_account=lambda _account: bar.update())
     if not report.ok:
         raise SystemExit(1)

@@ -62,7 +62,7 @@ from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from ledger import db
+from ledger import db, progress
 from ledger.money import CURRENCY_EXPONENTS, DEFAULT_CURRENCY
 from ledger.security import token_hash
 from ledger.services.auth import REVOCATION_CLOCK_MARGIN
@@ -153,11 +153,14 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
 class NodeMigration:
     """One run of the migration over ``database``. Use :func:`migrate`."""
 
-    def __init__(self, database: Database, *, dry_run: bool, progress_every: int, echo: Echo) -> None:
+    def __init__(self, database: Database, *, dry_run: bool, progress_every: int, echo: Echo,
+                 show_progress: bool = False) -> None:
         self.db = database
         self.dry_run = dry_run
         self.progress_every = max(1, progress_every)
-        self.echo = echo
+        self._echo = echo
+        self.show_progress = show_progress
+        self._bars: dict[str, progress.Bar] = {}
         self.report = MigrationReport(dry_run=dry_run)
         self.accounts: dict[ObjectId, dict[str, Any]] = {}
         self.system_users: set[ObjectId] = set()
@@ -171,20 +174,39 @@ class NodeMigration:
     def run(self) -> MigrationReport:
         mode = "DRY RUN: nothing will be written" if self.dry_run else "writing changes"
         self.echo(f"Migrating database '{self.db.name}' from the Node service ({mode})")
-        self._load()
-        self._drop_node_indexes()
-        self._mark_system_accounts()
-        self._migrate_ledgers()
-        self._chain_ledgers()
-        self._migrate_transactions()
-        self._migrate_blocklist()
-        self._create_indexes()
-        self._verify()
-        self._summarize()
+        try:
+            self._load()
+            self._drop_node_indexes()
+            self._mark_system_accounts()
+            self._migrate_ledgers()
+            self._chain_ledgers()
+            self._migrate_transactions()
+            self._migrate_blocklist()
+            self._create_indexes()
+            self._verify()
+            self._summarize()
+        finally:
+            self._close_bars()
         return self.report
 
+    def echo(self, text: str) -> None:
+        self._close_bars()  # a line printed into a bar being drawn would garble both
+        self._echo(text)
+
+    def _close_bars(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+
     def _progress(self, label: str, done: int, total: int, *, final: bool = False) -> None:
-        """Print ``done/total`` each time ``done`` crosses another multiple of ``progress_every``."""
+        """With ``show_progress``, a bar per label on stderr (:mod:`ledger.progress`: a terminal only).
+        Otherwise print ``done/total`` each time ``done`` crosses another multiple of ``progress_every``."""
+        if self.show_progress:
+            bar = self._bars.get(label)
+            if bar is None:
+                bar = self._bars[label] = progress.Bar(label, total, unit="doc")
+            bar.reach(done)
+            return
         last = self._last_progress.get(label, 0)
         if total and (done // self.progress_every > last // self.progress_every or (final and done != last)):
             self.echo(f"  {label}: {done}/{total}")
@@ -650,7 +672,7 @@ class NodeMigration:
         self.report.verification.extend(str(problem) for problem in audit.problems)
         if audit.problem_count > len(audit.problems):
             self.report.verification.append(f"... {audit.problem_count - len(audit.problems)} more problem(s): "
-                                            f"run `flask --app wsgi verify-ledger`")
+                                            f"run `ledger verify`")
         self.report.total_balance_minor = audit.total_balance_minor
         if audit.total_balance_minor != 0:
             self.report.verification.append(f"the balances sum to {audit.total_balance_minor}, not 0")
@@ -677,21 +699,24 @@ class NodeMigration:
 
 
 def migrate(database: Database, *, dry_run: bool = False, progress_every: int = 1000,
-            echo: Echo = print) -> MigrationReport:
+            echo: Echo = print, show_progress: bool = False) -> MigrationReport:
     """Migrate ``database`` in place (needs an app context: transactions use the app's client)."""
-    return NodeMigration(database, dry_run=dry_run, progress_every=progress_every, echo=echo).run()
+    return NodeMigration(database, dry_run=dry_run, progress_every=progress_every, echo=echo,
+                         show_progress=show_progress).run()
 
 
 @click.command("migrate-node-db")
 @click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
 @click.option("--progress-every", default=1000, show_default=True, type=click.IntRange(min=1),
-              help="Print progress every N documents.")
+              help="When stderr is not a terminal (a log), print progress every N documents; "
+                   "on a terminal progress bars are drawn instead.")
 @with_appcontext
 def migrate_node_db(dry_run: bool, progress_every: int) -> None:
     """Convert a database written by the Node service (idempotent; stop the Node service first)."""
     if db.is_embedded():
         click.echo("warning: MONGO_URI is not set, so this migrates the embedded in-memory database of this "
                    "process (empty, and lost on exit). Set MONGO_URI to the Node service's database.")
-    report = migrate(db.get_db(), dry_run=dry_run, progress_every=progress_every, echo=click.echo)
+    report = migrate(db.get_db(), dry_run=dry_run, progress_every=progress_every, echo=click.echo,
+                     show_progress=progress.enabled())
     if not report.ok:
         raise SystemExit(1)

@@ -9,6 +9,7 @@ under test then starts on that database, exactly as after a cut-over, and the mi
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -450,6 +451,17 @@ def test_progress_is_printed_every_n_documents(node_app):
     # Accounts are converted whole, in _id order (3, 5, 3 and 3 entries): a line each time a multiple of 2 is passed.
     assert lines == ["ledger entries: 3/14", "ledger entries: 8/14", "ledger entries: 11/14", "ledger entries: 14/14"]
     assert "transactions: 8/8" in result.output
+
+
+def test_on_a_terminal_progress_is_a_bar_per_collection_instead_of_lines(node_app, monkeypatch):
+    monkeypatch.setenv("LEDGER_PROGRESS", "1")  # what a terminal on stderr turns on (ledger.progress)
+    result = run_migration(node_app, "--progress-every", "2")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"ledger entries: 100%\|█+\| 14/14 ", result.stderr), result.stderr
+    assert re.search(r"transactions: 100%\|█+\| 8/8 ", result.stderr), result.stderr
+    assert "ledger entries: 3/14" not in result.output  # the lines are for logs, not terminals
+    assert "Step 6/6" in result.stdout
+    assert "%|" not in result.stdout
 
 
 def test_an_empty_system_account_made_at_start_up_gives_way_to_the_node_system_account():

@@ -106,7 +106,7 @@ def verify(*, keep: int = DEFAULT_KEEP, on_problem: ProblemSink | None = None,
            on_progress: Callable[[str, int], None] | None = None) -> AuditReport:
     """Run every check over the whole ledger at one point in time; see the module docstring.
 
-    ``on_progress(phase, n)`` is called every :data:`PROGRESS_EVERY` documents (for a progress display).
+    ``on_progress(phase, n)`` is called with the running count of each document read (for a progress bar).
     """
     report = AuditReport(keep=keep, on_problem=on_problem)
     with db.consistent_reads() as session:  # transfers may commit while we read: one point in time for all
@@ -120,11 +120,8 @@ def verify(*, keep: int = DEFAULT_KEEP, on_problem: ProblemSink | None = None,
     return report
 
 
-PROGRESS_EVERY = 1000
-
-
 def _progress(callback: Callable[[str, int], None] | None, phase: str, count: int) -> None:
-    if callback is not None and count % PROGRESS_EVERY == 0:
+    if callback is not None:
         callback(phase, count)
 
 
@@ -316,7 +313,7 @@ class _ChainCheck:
             self._add("seq", f"account seq {account.get('seq', 0)!r}, but it has {self.count} entries", None)
         if self.unchained:
             self._add("chain-missing", f"{self.unchained} entries have no hash yet (from seq "
-                                       f"{self.first_unchained}); run `flask --app wsgi backfill-ledger-chain`",
+                                       f"{self.first_unchained}); run `ledger backfill-ledger-chain`",
                       self.first_unchained)
         head = account.get("lastHash")
         if head is not None and self.count and head != self.prev_hash and self.prev_hash is not None:

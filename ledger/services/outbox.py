@@ -58,7 +58,7 @@ from flask.cli import with_appcontext
 from pymongo import ReturnDocument
 from pymongo.database import Database
 
-from ledger import db, mailer, metrics
+from ledger import db, mailer, metrics, progress
 from ledger.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -294,14 +294,26 @@ def _counted(result: str) -> str:
     return result
 
 
+def due_count(database: Database, due_by: datetime | None = None) -> int:
+    """How many messages :func:`claim_next` could take now (for a progress bar; not a promise)."""
+    now = utcnow()
+    return database.notifications.count_documents({"$or": [
+        {"status": PENDING, "nextAttemptAt": {"$lte": due_by or now}},
+        {"status": SENDING, "claimedUntil": {"$lte": now}},
+    ]})
+
+
 def drain(app: Flask | None = None, *, limit: int | None = None,
-          stop: threading.Event | None = None, clock: Clock = utcnow) -> DrainReport:
+          stop: threading.Event | None = None, clock: Clock = utcnow,
+          on_message: Callable[[str], None] | None = None) -> DrainReport:
     """Deliver every message due now (at most ``limit``), in the caller's app context.
 
     Only messages due when the pass starts are taken, so a message that fails is tried at most once per pass
     (however short its backoff) and a drain always ends. It also ends early when the SMTP server is
     unavailable (which pauses the transport: later passes send nothing until the pause is over), or when
-    ``stop`` is set.
+    ``stop`` is set. ``on_message`` is called with each message's outcome (``"sent"``, ``"logged"``,
+    ``"retried"``, ``"parked"``, ``"lost"``, or ``"released"`` when the transport went down with it in hand),
+    e.g. to advance a progress bar.
     """
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
     database = db.get_db(app)
@@ -333,6 +345,8 @@ def drain(app: Flask | None = None, *, limit: int | None = None,
                         "no message is charged an attempt%s", exc, f"{report.paused_until:%H:%M:%S}",
                         gate.failures, "; the server refused the session for good: check the MAIL_* settings"
                         if exc.refused else "")
+                if on_message is not None:
+                    on_message("released")
                 break
             if result == "sent":
                 gate.succeeded()
@@ -340,6 +354,8 @@ def drain(app: Flask | None = None, *, limit: int | None = None,
                 report.lost_leases += 1
             else:
                 setattr(report, result, getattr(report, result) + 1)
+            if on_message is not None:
+                on_message(result)
     return report
 
 
@@ -463,7 +479,8 @@ def send_emails(once: bool, poll_seconds: float | None) -> None:
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     _warn_if_embedded(app, "only mail queued by this process can be sent")
     if once:
-        report = drain(app)
+        with progress.bar("messages", due_count(db.get_db(app)), unit="msg") as bar:
+            report = drain(app, on_message=lambda _result: bar.update())
         click.echo(report.summary())
         if report.transport_down:
             raise SystemExit(1)

@@ -69,19 +69,15 @@ def verify_ledger(quiet: bool) -> None:
     from ledger.services.audit import verify
 
     bars: dict[str, progress.Bar] = {}
-    collections = {"entries": ("ledger entries", "ledgers", "entry"), "accounts": ("accounts", "accounts", "account"),
-                   "transactions": ("transactions", "transactions", "transaction")}
-
-    def on_progress(phase: str, count: int) -> None:
-        if phase not in bars:  # totals from the collections' metadata: an estimate is enough for a bar
-            label, collection, unit = collections[phase]
-            total = db.get_db()[collection].estimated_document_count()
-            bars[phase] = progress.Bar(label, total=total, unit=unit)
-        bars[phase].reach(count)
-
+    if not quiet and progress.enabled():  # totals from the collections' metadata: an estimate is enough
+        database = db.get_db()
+        for phase, label, collection, unit in (("entries", "ledger entries", "ledgers", "entry"),
+                                               ("accounts", "accounts", "accounts", "account"),
+                                               ("transactions", "transactions", "transactions", "transaction")):
+            bars[phase] = progress.Bar(label, total=database[collection].estimated_document_count(), unit=unit)
     try:
         report = verify(keep=0, on_problem=lambda problem: click.echo(f"PROBLEM {problem}"),
-                        on_progress=None if quiet or not progress.enabled() else on_progress)
+                        on_progress=(lambda phase, count: bars[phase].reach(count)) if bars else None)
     finally:
         for bar in bars.values():
             bar.close()

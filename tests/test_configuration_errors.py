@@ -156,7 +156,10 @@ def test_the_preflight_refuses_every_broken_configuration_with_one_paragraph(cas
 def test_the_preflight_passes_a_good_configuration(monkeypatch, capsys):
     for name in _NOT_INHERITED:
         monkeypatch.delenv(name, raising=False)
-    for variables in ({}, {"APP_ENV": "production", "JWT_SECRET": GOOD_SECRET, "MONGO_URI": REPLICA_SET},
+    for variables in ({}, {"APP_ENV": "production", "JWT_SECRET": GOOD_SECRET, "MONGO_URI": REPLICA_SET,
+                           "MAIL_SERVER": "smtp.example.com"},
+                      {"APP_ENV": "production", "JWT_SECRET": GOOD_SECRET, "MONGO_URI": REPLICA_SET,
+                       "MAIL_BACKEND": "log"},
                       {"MONGO_URI": "mongodb+srv://cluster0.example.com/ledger?retryWrites=true&w=majority"},
                       {"MONGO_URI": "mongodb://u%40x:p%3Aw@h1:27017,h2,h3/db?replicaSet=rs0&authSource=admin"},
                       {"RATELIMIT_LOGIN": "5/second;100 per day", "OUTBOX_POLL_SECONDS": "0.5"}):

@@ -280,7 +280,8 @@ def run_in_transaction(
     ``majority`` and runs on the primary. ``TransientTransactionError`` (a write conflict, a primary step-down)
     reruns the whole callback after a jittered backoff; ``UnknownTransactionCommitResult`` retries only the
     commit, which MongoDB makes idempotent. Both stop once ``timeout_seconds`` have passed, raising
-    :class:`TransactionRetriesExhausted`. Any other exception aborts the transaction and propagates.
+    :class:`TransactionRetriesExhausted`, which is also raised at once for ``MaxTimeMSExpired`` (the server's
+    time limit: retrying would expire again). Any other exception aborts the transaction and propagates.
 
     The callback may run several times, so it must have no side effects outside the session: no email, no
     counters, no caching of what it read.
@@ -305,6 +306,8 @@ def run_in_transaction(
                 if _has_label(exc, TRANSIENT_LABEL):
                     _backoff_or_give_up(attempt, deadline, exc, on_retry, "transient")
                     continue
+                if _is_max_time_expired(exc):  # the server's time limit: a retry later will do, not a 500
+                    raise TransactionRetriesExhausted("the server's time limit expired") from exc
                 raise
             if _commit_with_retry(session, deadline, on_retry):
                 return result
@@ -332,10 +335,14 @@ def _commit_with_retry(
                     raise TransactionRetriesExhausted("transaction kept conflicting") from exc
                 return False
             _abort_quietly(session)
+            if _is_max_time_expired(exc):
+                # Retrying would expire again (pymongo's with_transaction gives up here too); the outcome is
+                # unknown, so the client gets a 503 and its same-key retry replays or completes the transfer.
+                raise TransactionRetriesExhausted("commit outcome unknown: the server's time limit expired") from exc
             raise
 
 
-def _is_max_time_expired(exc: PyMongoError) -> bool:
+def _is_max_time_expired(exc: BaseException) -> bool:
     return isinstance(exc, OperationFailure) and exc.code == 50
 
 

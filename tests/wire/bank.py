@@ -170,3 +170,23 @@ def serve_attempt(replica_set: ReplicaSet, bank: Bank, *, funding: bool = False,
 
 def serve_abort(replica_set: ReplicaSet) -> Received:
     return replica_set.expect("abortTransaction").ok()
+
+
+IDEMPOTENCY_INDEX = "initiator_1_idempotencyKey_1"
+
+
+def duplicate_key(got: Received, index: str = IDEMPOTENCY_INDEX, key_pattern: dict[str, int] | None = None) -> Received:
+    """Answer an insert with E11000 exactly as MongoDB 7.0 reports it: errmsg, ``keyPattern``, ``keyValue``."""
+    document = got.doc["documents"][0]
+    pattern = key_pattern if key_pattern is not None else {"initiator": 1, "idempotencyKey": 1}
+    value = {field: document.get(field) for field in pattern}
+    shown = ", ".join(f"{field}: {value[field]!r}" for field in pattern)
+    errmsg = (f"E11000 duplicate key error collection: {got.doc['$db']}.{got.collection} index: {index} "
+              f"dup key: {{ {shown} }}")
+    return got.write_error(11000, errmsg, keyPattern=pattern, keyValue=value)
+
+
+def attempt_of(served: list[Received]) -> tuple[Any, Any]:
+    """The (lsid, txnNumber) of a served transaction attempt."""
+    first = served[0].doc
+    return first["lsid"], first["txnNumber"]

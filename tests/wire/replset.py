@@ -251,8 +251,12 @@ class ReplicaSet:
         return got.cursor(docs)
 
     def stop(self) -> None:
-        for member in self.members:
-            member.stop()
+        # Each stop waits up to a second for MockupDB's accept loop: stop the members side by side.
+        stoppers = [threading.Thread(target=member.stop, daemon=True) for member in self.members]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join(timeout=WAIT)
 
 
 def in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:

@@ -29,7 +29,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo import UpdateOne
 from pymongo.client_session import ClientSession
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from ledger import db, metrics, money
 from ledger.errors import (
@@ -263,6 +263,13 @@ def _execute(attempt: Any, initiator_id: ObjectId, key: str, request_fingerprint
             raise ServiceUnavailable() from exc
         metrics.transfer_outcome("replayed")
         return _replay(initiator_id, key, request_fingerprint)
+    except BulkWriteError as exc:
+        # insert_many (ledger entries, outbox messages) reports a duplicate key this way, never as the
+        # idempotency index (the record is an insert_one): the same logged 503 as any other unique index.
+        if not any(error.get("code") == 11000 for error in (exc.details or {}).get("writeErrors", [])):
+            raise
+        log.error("unexpected duplicate key in a transfer: %s", (exc.details or {}).get("writeErrors"))
+        raise ServiceUnavailable() from exc
     except db.TransactionRetriesExhausted as exc:
         metrics.transfer_outcome("timeout")
         raise ServiceUnavailable() from exc

@@ -20,9 +20,9 @@ from tests.wire.replset import WAIT, ReplicaSet, in_thread
 pytestmark = pytest.mark.timeout(60)
 
 
-def start_app(replica_set: ReplicaSet, **config: Any) -> Flask:
-    """``create_app`` against the set, serving its start-up commands: one createIndexes per collection."""
-    future = in_thread(create_app, {"MONGO_URI": replica_set.uri(), **config})
+def start_app(replica_set: ReplicaSet, uri: str | None = None, **config: Any) -> Flask:
+    """``create_app`` against the set (or ``uri``), serving its start-up: one createIndexes per collection."""
+    future = in_thread(create_app, {"MONGO_URI": uri or replica_set.uri(), **config})
     for _ in db.declared_indexes():
         replica_set.serve_create_indexes(replica_set.expect("createIndexes"))
     return future.result(timeout=WAIT)
@@ -35,7 +35,7 @@ def replica_set() -> Iterator[ReplicaSet]:
         yield members
     finally:
         db.reset_client()  # closes the app's client while the members still answer its endSessions
-        members.stop()
+        members.stop(wait=False)
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def three_members() -> Iterator[ReplicaSet]:
         yield members
     finally:
         db.reset_client()
-        members.stop()
+        members.stop(wait=False)
 
 
 @pytest.fixture

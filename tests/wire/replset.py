@@ -250,13 +250,16 @@ class ReplicaSet:
         docs += [{"v": 2, **index} for index in self.indexes.get(got.collection or "", [])]
         return got.cursor(docs)
 
-    def stop(self) -> None:
-        # Each stop waits up to a second for MockupDB's accept loop: stop the members side by side.
-        stoppers = [threading.Thread(target=member.stop, daemon=True) for member in self.members]
+    def stop(self, wait: bool = True) -> None:
+        """Stop every member. Each stop closes its sockets at once, then waits up to a second for MockupDB's
+        accept loop to notice: the members stop side by side, and ``wait=False`` leaves that wait behind."""
+        stoppers = [threading.Thread(target=member.stop, name="wire-member-stop", daemon=True)
+                    for member in self.members]
         for stopper in stoppers:
             stopper.start()
-        for stopper in stoppers:
-            stopper.join(timeout=WAIT)
+        if wait:
+            for stopper in stoppers:
+                stopper.join(timeout=WAIT)
 
 
 def in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:

@@ -195,3 +195,33 @@ def test_ready_asks_the_server_hello_then_lists_every_collection_s_indexes(app, 
 def test_health_sends_nothing(app, replica_set):
     assert http(app, "GET", "/health").result(WAIT).status_code == 200
     replica_set.assert_quiet()
+
+
+def test_a_read_cut_by_a_network_error_is_retried_once_on_the_primary(app, replica_set, bank):
+    response = http(app, "GET", f"/api/accounts/balance/{bank.source['_id']}", bank.customer_token)
+    serve_auth(replica_set, bank.customer)
+    first = replica_set.expect("find", "accounts").hangup()  # retryReads: the driver asks once more
+    again = replica_set.expect("find", "accounts").cursor([bank.source])
+
+    assert response.result(WAIT).status_code == 200
+    assert again.doc["filter"] == first.doc["filter"]
+    replica_set.assert_quiet()
+
+
+@pytest.mark.parametrize("route", ["open account", "logout"])
+def test_a_single_document_write_cut_by_a_network_error_is_retried_under_the_same_txn_number(
+        app, replica_set, bank, route):
+    if route == "open account":
+        response = http(app, "POST", "/api/accounts", bank.customer_token)
+        serve_auth(replica_set, bank.customer)
+        name, collection, success = "insert", "accounts", 201
+    else:
+        response = http(app, "POST", "/api/auth/logout", bank.customer_token)
+        name, collection, success = "update", "tokenblacklists", 200
+    first = replica_set.expect(name, collection).hangup()
+    again = replica_set.expect(name, collection).ok(n=1)
+
+    assert response.result(WAIT).status_code == success
+    # retryWrites: the server recognizes the retry by (lsid, txnNumber) and applies the write once.
+    assert (again.doc["lsid"], again.doc["txnNumber"]) == (first.doc["lsid"], first.doc["txnNumber"])
+    replica_set.assert_quiet()

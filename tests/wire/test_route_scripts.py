@@ -225,3 +225,21 @@ def test_a_single_document_write_cut_by_a_network_error_is_retried_under_the_sam
     # retryWrites: the server recognizes the retry by (lsid, txnNumber) and applies the write once.
     assert (again.doc["lsid"], again.doc["txnNumber"]) == (first.doc["lsid"], first.doc["txnNumber"])
     replica_set.assert_quiet()
+
+
+def test_a_business_rejection_commits_the_failed_record_and_moves_nothing(app, replica_set, bank):
+    bank.source["balance"] = 1000  # 10.00 available, 25 asked
+    response = http(app, "POST", "/api/transactions", bank.customer_token, json=bank.transfer_body("poor", 25))
+    served = serve_auth(replica_set, bank.customer)
+    served.append(replica_set.expect("find", "accounts").cursor([bank.source, bank.target]))
+    served.append(replica_set.expect("insert", "transactions").ok(n=1))
+    served.append(replica_set.expect("commitTransaction").ok())
+
+    reply = response.result(WAIT)
+    assert reply.status_code == 400
+    assert reply.get_json()["message"].startswith("Insufficient balance")
+    check_sessions(served, [*TRANSFER[:4], TRANSFER[-1]])  # no update, no ledger entries, no messages
+    record = served[3].doc["documents"][0]
+    assert record["status"] == "FAILED"
+    assert record["failure"]["code"] == "INSUFFICIENT_FUNDS"
+    replica_set.assert_quiet()

@@ -275,3 +275,20 @@ def test_a_retry_budget_spent_on_unknown_commit_results_answers_503_then_the_sam
     assert reply.headers["Idempotent-Replayed"] == "true"
     assert reply.get_json()["transaction"]["_id"] == str(record_of(attempt)["_id"])
     replica_set.assert_quiet()
+
+
+@pytest.mark.parametrize("matched", [0, 1])
+def test_a_conditional_update_that_matches_less_than_both_accounts_reruns_the_transaction(app, replica_set, matched):
+    bank = Bank(app)
+    response = send(app, bank, "transfer", f"changed-{matched}")
+    auth(replica_set, bank, "transfer")
+    # Something changed both (or one) accounts since the read: the filters pin the sequence numbers read.
+    first = serve_attempt(replica_set, bank, inject={2: lambda got: got.ok(n=matched, nModified=matched)})
+    abort = serve_abort(replica_set)
+    second = serve_attempt(replica_set, bank)
+
+    assert response.result(WAIT).status_code == 200
+    check_sessions([*first, abort], [*ATTEMPT[:3], ABORTED])
+    check_sessions(second, ATTEMPT)
+    assert attempt_of(second)[1] == attempt_of(first)[1] + 1
+    replica_set.assert_quiet()

@@ -153,3 +153,33 @@ def test_the_migration_drops_exactly_node_s_indexes_and_creates_exactly_the_decl
     assert all(got.member is replica_set.primary for got in served)
     assert served.index(next(g for g in served if g.name == "dropIndexes")) < served.index(
         next(g for g in served if g.name == "createIndexes"))
+
+
+def test_the_ledger_audit_reads_every_collection_at_one_snapshot(app, replica_set):
+    from bson import Timestamp
+
+    from ledger.services import audit
+
+    def run():
+        with app.app_context():
+            return audit.verify()
+
+    account = ObjectId()
+    point_in_time = Timestamp(1_767_000_000, 7)
+    report = in_thread(run)
+    entries = replica_set.expect("find", "ledgers")
+    namespace = f"{entries.doc['$db']}.ledgers"
+    entries.ok(cursor={"id": Int64(0), "ns": namespace, "atClusterTime": point_in_time,
+                       "firstBatch": [{"_id": ObjectId(), "account": account, "type": "CREDIT", "amount": 5}]})
+    accounts = replica_set.expect("find", "accounts").cursor([{"_id": account, "balance": 5, "seq": 1,
+                                                              "currency": "INR"}])
+
+    outcome = report.result(WAIT)
+    assert entries.doc["readConcern"] == {"level": "snapshot"}
+    # The second read is pinned to the first one's point in time: transfers committing between them are unseen.
+    assert accounts.doc["readConcern"] == {"level": "snapshot", "atClusterTime": point_in_time}
+    assert accounts.doc["lsid"] == entries.doc["lsid"]
+    for read in (entries, accounts):
+        assert "txnNumber" not in read.doc  # a snapshot session, not a transaction: nothing to commit
+    assert outcome.problems == ["INR balances sum to 5 minor units, not 0"]
+    replica_set.assert_quiet()

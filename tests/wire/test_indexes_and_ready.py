@@ -173,3 +173,19 @@ def test_ready_does_not_take_a_non_unique_index_for_the_unique_one(app, replica_
 
     assert reply.status_code == 503
     assert reply.get_json()["missingIndexes"] == ["transactions.initiator_1_idempotencyKey_1"]
+
+
+def test_ready_accepts_a_mongos_in_front_of_a_sharded_cluster(replica_set):
+    from tests.wire.conftest import start_app
+
+    member = replica_set.members[0]
+    member.hello = lambda: {"ok": 1, "isWritablePrimary": True, "ismaster": True, "helloOk": True,  # type: ignore
+                            "msg": "isdbgrid", "minWireVersion": 0, "maxWireVersion": 21,
+                            "maxBsonObjectSize": 16 * 1024 * 1024, "maxMessageSizeBytes": 48_000_000,
+                            "maxWriteBatchSize": 100_000, "logicalSessionTimeoutMinutes": 30}
+    app = start_app(replica_set, uri=f"mongodb://{member.host}/ledger-wire")
+
+    reply = ready(app, replica_set)
+
+    assert reply.status_code == 200
+    assert reply.get_json()["replicaSet"] == "mongos"

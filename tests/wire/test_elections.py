@@ -9,6 +9,8 @@ inside a transaction carries ``TransientTransactionError``; ``PrimarySteppedDown
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.wire.bank import READY, TRANSFER, Bank, check_sessions, serve_attempt, serve_auth
@@ -111,4 +113,29 @@ def test_with_no_primary_the_transfer_and_ready_answer_503_and_after_the_electio
     attempt = serve_attempt(three_members, bank)
     assert retry.result(WAIT).status_code == 200
     assert all(got.member is three_members.members[1] for got in attempt)
+    three_members.assert_quiet()
+
+
+def test_started_with_no_primary_the_app_serves_health_and_finishes_start_up_once_one_is_elected(
+        three_members, monkeypatch):
+    import ledger
+    from ledger import create_app, db
+
+    monkeypatch.setattr(ledger, "STARTUP_RETRY_SECONDS", 0.2)
+    three_members.elect(None)  # a set still electing its first primary
+    app = create_app({"MONGO_URI": three_members.uri()})  # waits out server selection (5 s), then defers
+    three_members.assert_quiet(0.05)  # it could send nothing: no member was writable
+
+    three_members.elect(three_members.members[1])
+    assert http(app, "GET", "/health").result(WAIT).status_code == 200  # the first request starts the retries
+    for _ in db.declared_indexes():
+        three_members.serve_create_indexes(three_members.expect("createIndexes"))
+    readiness = http(app, "GET", "/ready")
+    for step in READY:
+        three_members.serve_list_indexes(three_members.expect("listIndexes", step.collection))
+    assert readiness.result(WAIT).status_code == 200
+    deadline = time.monotonic() + WAIT
+    while not app.extensions["ledger.indexes"]["ready"]:  # start-up marked them itself: money can move
+        assert time.monotonic() < deadline, "start-up never completed"
+        time.sleep(0.05)
     three_members.assert_quiet()

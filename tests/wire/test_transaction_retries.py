@@ -55,6 +55,13 @@ WTIMEOUT = {"code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for
 KINDS = ("transfer", "funding")
 
 
+def counted(name: str, **labels: str) -> float:
+    """A counter of ``ledger.metrics`` as /metrics would show it (0 before its first increment)."""
+    from ledger import metrics
+
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def send(app, bank: Bank, kind: str, key: str) -> Future:
     if kind == "transfer":
         return http(app, "POST", "/api/transactions", bank.customer_token, json=bank.transfer_body(key))
@@ -83,6 +90,7 @@ def assert_503_with_retry_after(response) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_transient_error_at_any_step_aborts_and_reruns_the_whole_transaction(app, replica_set, kind, error):
     bank = Bank(app)
+    retries_before = counted("ledger_transaction_retries_total", reason="transient")
     for step in range(COMMIT_STEP):  # every command before the commit
         response = send(app, bank, kind, f"{kind}-{error}-{step}")
         auth(replica_set, bank, kind)
@@ -99,6 +107,7 @@ def test_a_transient_error_at_any_step_aborts_and_reruns_the_whole_transaction(a
         assert next_number == number + 1, "the rerun reused a transaction number"
         assert reply.get_json()["transaction"]["_id"] == str(record_of(second)["_id"])
         replica_set.assert_quiet(0.05)
+    assert counted("ledger_transaction_retries_total", reason="transient") == retries_before + COMMIT_STEP
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -131,6 +140,7 @@ UNKNOWN_COMMIT: dict[str, list[Callable[[Received], Any]]] = {
 def test_an_unknown_commit_result_retries_the_commit_alone_under_the_same_txn_number(
         app, replica_set, kind, failures):
     bank = Bank(app)
+    retries_before = counted("ledger_transaction_retries_total", reason="unknown-commit")
     response = send(app, bank, kind, f"{kind}-{failures}")
     auth(replica_set, bank, kind)
     attempt = serve_attempt(replica_set, bank, funding=kind == "funding",
@@ -148,6 +158,9 @@ def test_an_unknown_commit_result_retries_the_commit_alone_under_the_same_txn_nu
         assert commit.doc["writeConcern"]["w"] == "majority"
     assert reply.get_json()["transaction"]["_id"] == str(record_of(attempt)["_id"])
     replica_set.assert_quiet()  # no second attempt: the first one's commit is what was retried
+    # Each commit our loop sent again is counted (the driver's own single retry is not ours to count).
+    ours = len(commits) - 1 - (1 if failures == "network error twice" else 0)
+    assert counted("ledger_transaction_retries_total", reason="unknown-commit") == retries_before + ours
 
 
 def serve_same_key_replay(replica_set: ReplicaSet, bank: Bank, kind: str, stored: dict[str, Any]) -> list[Received]:
@@ -223,6 +236,7 @@ def test_a_retry_budget_spent_on_conflicts_answers_503_and_the_same_key_retry_co
         make_wire_app, replica_set, kind):
     app = make_wire_app(TRANSACTION_TIMEOUT_SECONDS=BUDGET_SECONDS)
     bank = Bank(app)
+    timeouts_before = counted("ledger_transfers_total", outcome="timeout")
     key = f"{kind}-budget"
     response = send(app, bank, kind, key)
     auth(replica_set, bank, kind)
@@ -242,6 +256,7 @@ def test_a_retry_budget_spent_on_conflicts_answers_503_and_the_same_key_retry_co
     assert [got.doc["txnNumber"] for got in reads] == list(range(reads[0].doc["txnNumber"],
                                                                  reads[0].doc["txnNumber"] + len(reads)))
     assert all(got.name in {"find", "abortTransaction"} for got in served)  # never a commit
+    assert counted("ledger_transfers_total", outcome="timeout") == timeouts_before + 1
     retry = send(app, bank, kind, key)
     auth(replica_set, bank, kind)
     attempt = serve_attempt(replica_set, bank, funding=kind == "funding")

@@ -8,6 +8,7 @@ collection) are served here, the way a server would, so each test begins with a 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +17,14 @@ from flask import Flask
 from ledger import create_app, db
 from tests.wire.replset import WAIT, ReplicaSet, in_thread
 
-# No wire test may outlive this, whatever it waits for.
-pytestmark = pytest.mark.timeout(60)
+WIRE_TESTS = Path(__file__).parent
+TEST_TIMEOUT_SECONDS = 60  # no wire test may outlive this, whatever it waits for (each wait is bounded too)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(WIRE_TESTS):
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_SECONDS))
 
 
 def start_app(replica_set: ReplicaSet, uri: str | None = None, **config: Any) -> Flask:

@@ -183,3 +183,53 @@ def test_the_ledger_audit_reads_every_collection_at_one_snapshot(app, replica_se
         assert "txnNumber" not in read.doc  # a snapshot session, not a transaction: nothing to commit
     assert outcome.problems == ["INR balances sum to 5 minor units, not 0"]
     replica_set.assert_quiet()
+
+
+def test_the_migration_converts_an_account_s_entries_and_balance_in_one_majority_transaction(app, replica_set):
+    from ledger.migrate import migrate
+    from tests.wire.bank import COMMIT, FIRST, INSIDE
+
+    account = {"_id": ObjectId(), "user": ObjectId(), "status": "ACTIVE", "currency": "INR"}  # Node: no balance
+    entry = {"_id": ObjectId(), "account": account["_id"], "type": "CREDIT", "amount": 10.5,
+             "transaction": ObjectId(), "createdAt": datetime(2025, 1, 2, tzinfo=UTC)}
+    node_data = {"accounts": [account], "ledgers": [entry]}
+
+    def run():
+        with app.app_context():
+            return migrate(db.get_db(app), echo=lambda _line: None)
+
+    def one_node_account(got: Received) -> None:
+        rows = node_data.get(got.collection or "", [])
+        if got.name == "listIndexes":
+            replica_set.serve_list_indexes(got)
+        elif got.name == "createIndexes":
+            replica_set.serve_create_indexes(got)
+        elif got.name == "find":
+            got.cursor(rows)
+        elif got.name == "aggregate":  # count_documents
+            got.cursor([{"_id": 1, "n": len(rows)}] if rows else [])
+        elif got.name == "count":
+            got.ok(n=Int64(len(rows)))
+        elif got.name == "distinct":
+            got.ok(values=[account["_id"]])
+        elif got.name == "update":
+            got.ok(n=len(got.doc["updates"]), nModified=len(got.doc["updates"]))
+        elif got.name == "commitTransaction":
+            got.ok()
+        else:
+            raise AssertionError(f"unexpected {got!r}")
+
+    report = in_thread(run)
+    served = replica_set.serve_until(report, one_node_account)
+
+    assert report.result(WAIT).changes["ledger entries converted"] == 1
+    writes = [got for got in served if got.name in {"update", "commitTransaction", "insert", "delete"}]
+    check_sessions(writes, [Step("update", "ledgers", FIRST), Step("update", "accounts", INSIDE),
+                            Step("commitTransaction", None, COMMIT)])
+    (converted,) = writes[0].doc["updates"]
+    assert converted["q"] == {"_id": entry["_id"], "seq": {"$exists": False}}  # never converted twice
+    assert {k: converted["u"]["$set"][k] for k in ("amount", "seq", "balanceAfter")} == {
+        "amount": 1050, "seq": 1, "balanceAfter": 1050}
+    (stored,) = writes[1].doc["updates"]
+    assert stored["q"] == {"_id": account["_id"]}
+    assert stored["u"]["$set"] == {"balance": 1050, "seq": 1}

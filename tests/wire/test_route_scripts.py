@@ -20,11 +20,13 @@ from tests.wire.bank import (
     LOGIN,
     LOGOUT,
     OPEN_ACCOUNT,
+    OUTSIDE,
     READ_ACCOUNTS,
     READY,
     REGISTER,
     TRANSFER,
     Bank,
+    Step,
     check_sessions,
     serve_attempt,
     serve_auth,
@@ -192,8 +194,21 @@ def test_ready_asks_the_server_hello_then_lists_every_collection_s_indexes(app, 
     replica_set.assert_quiet()
 
 
-def test_health_sends_nothing(app, replica_set):
-    assert http(app, "GET", "/health").result(WAIT).status_code == 200
+@pytest.mark.parametrize("path", ["/health", "/", "/api/openapi.json"])
+def test_routes_without_data_send_nothing(app, replica_set, path):
+    assert http(app, "GET", path).result(WAIT).status_code == 200
+    replica_set.assert_quiet()
+
+
+def test_metrics_counts_the_outbox_backlog_in_one_read(app, replica_set):
+    response = http(app, "GET", "/metrics")
+    count = replica_set.expect("aggregate", "notifications").cursor([{"_id": 1, "n": 3}])
+
+    reply = response.result(WAIT)
+    assert reply.status_code == 200
+    assert "ledger_notification_backlog 3.0" in reply.get_data(as_text=True)
+    assert count.doc["pipeline"][0] == {"$match": {"status": {"$in": ["PENDING", "SENDING"]}}}
+    check_sessions([count], [Step("aggregate", "notifications", OUTSIDE)])
     replica_set.assert_quiet()
 
 

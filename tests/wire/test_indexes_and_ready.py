@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import pytest
+from bson import ObjectId
 
 from ledger import create_app, db
 from tests.wire.bank import READY, TRANSFER, Bank, check_sessions, serve_attempt, serve_auth
@@ -203,3 +204,32 @@ def test_ready_accepts_a_mongos_in_front_of_a_sharded_cluster(replica_set):
 
     assert reply.status_code == 200
     assert reply.get_json()["replicaSet"] == "mongos"
+
+
+@pytest.mark.parametrize("present", [False, True], ids=["first-start", "restart"])
+def test_start_up_bootstraps_the_system_user_and_its_account_in_one_transaction_once(replica_set, present):
+    from tests.wire.bank import COMMIT, FIRST, INSIDE, OUTSIDE, Step
+
+    config = {"MONGO_URI": replica_set.uri(), "SYSTEM_USER_EMAIL": "system@example.test",
+              "SYSTEM_USER_PASSWORD": "system-password-1", "SYSTEM_USER_NAME": "Ledger System"}
+    future = in_thread(create_app, config)
+    for _ in db.declared_indexes():
+        replica_set.serve_create_indexes(replica_set.expect("createIndexes"))
+    existing = {"_id": ObjectId(), "email": "system@example.test", "name": "Ledger System", "systemUser": True}
+    lookup = replica_set.expect("find", "users").cursor([existing] if present else [])
+    if present:  # idempotent: its INR system account is looked up, nothing is written
+        served = [lookup, replica_set.expect("find", "accounts").cursor([{"_id": ObjectId()}])]
+        script = [Step("find", "users", OUTSIDE), Step("find", "accounts", OUTSIDE)]
+    else:
+        served = [lookup, replica_set.expect("insert", "users").ok(n=1),
+                  replica_set.expect("insert", "accounts").ok(n=1), replica_set.expect("commitTransaction").ok()]
+        script = [Step("find", "users", OUTSIDE), Step("insert", "users", FIRST), Step("insert", "accounts", INSIDE),
+                  Step("commitTransaction", None, COMMIT)]
+
+    future.result(timeout=WAIT)
+    check_sessions(served, script)
+    if not present:
+        user, account = served[1].doc["documents"][0], served[2].doc["documents"][0]
+        assert user["systemUser"] is True
+        assert (account["user"], account["systemCurrency"], account["balance"]) == (user["_id"], "INR", 0)
+    replica_set.assert_quiet()

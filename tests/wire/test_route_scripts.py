@@ -258,3 +258,20 @@ def test_a_business_rejection_commits_the_failed_record_and_moves_nothing(app, r
     assert record["status"] == "FAILED"
     assert record["failure"]["code"] == "INSUFFICIENT_FUNDS"
     replica_set.assert_quiet()
+
+
+def test_a_server_that_never_answers_costs_a_bounded_wait_and_a_503(replica_set, monkeypatch):
+    from ledger import db
+    from tests.wire.conftest import start_app
+
+    monkeypatch.setattr(db, "SOCKET_TIMEOUT_MS", 300)  # the client's socket timeout, shortened for the test
+    app = start_app(replica_set)
+    bank = Bank(app)
+    response = http(app, "GET", f"/api/accounts/balance/{bank.source['_id']}", bank.customer_token)
+    serve_auth(replica_set, bank.customer)
+    unanswered = [replica_set.expect("find", "accounts"), replica_set.expect("find", "accounts")]  # + retryReads
+
+    reply = response.result(WAIT)
+    assert reply.status_code == 503
+    assert reply.headers["Retry-After"] == "2"
+    assert not any(got.answered for got in unanswered)

@@ -279,8 +279,10 @@ def run_in_transaction(
     Every multi-document write goes through here. The transaction reads at ``snapshot``, commits with
     ``majority`` and runs on the primary. ``TransientTransactionError`` (a write conflict, a primary step-down)
     reruns the whole callback after a jittered backoff; ``UnknownTransactionCommitResult`` retries only the
-    commit, which MongoDB makes idempotent. Both stop once ``timeout_seconds`` have passed, raising
-    :class:`TransactionRetriesExhausted`. Any other exception aborts the transaction and propagates.
+    commit, which MongoDB makes idempotent, after the same backoff. Both stop once ``timeout_seconds`` have
+    passed, raising :class:`TransactionRetriesExhausted`, which is also raised at once for ``MaxTimeMSExpired``
+    (the server's time limit: retrying would expire again). Any other exception aborts the transaction and
+    propagates.
 
     The callback may run several times, so it must have no side effects outside the session: no email, no
     counters, no caching of what it read.
@@ -305,6 +307,8 @@ def run_in_transaction(
                 if _has_label(exc, TRANSIENT_LABEL):
                     _backoff_or_give_up(attempt, deadline, exc, on_retry, "transient")
                     continue
+                if _is_max_time_expired(exc):  # the server's time limit: a retry later will do, not a 500
+                    raise TransactionRetriesExhausted("the server's time limit expired") from exc
                 raise
             if _commit_with_retry(session, deadline, on_retry):
                 return result
@@ -315,16 +319,17 @@ def _commit_with_retry(
     session: ClientSession, deadline: float, on_retry: Callable[[str], None] | None
 ) -> bool:
     """Commit; True once committed, False if the whole transaction must be rerun."""
+    retries = 0
     while True:
         try:
             session.commit_transaction()
             return True
         except PyMongoError as exc:
             if _has_label(exc, UNKNOWN_COMMIT_LABEL) and not _is_max_time_expired(exc):
-                if time.monotonic() >= deadline:
-                    raise TransactionRetriesExhausted("commit outcome unknown after retries") from exc
-                if on_retry:
-                    on_retry("unknown-commit")
+                # Paced like a rerun: a server answering at once (not after its wtimeout) is not hammered.
+                retries += 1
+                _backoff_or_give_up(retries, deadline, exc, on_retry, "unknown-commit",
+                                    give_up="commit outcome unknown after retries")
                 continue
             if _has_label(exc, TRANSIENT_LABEL):
                 _abort_quietly(session)
@@ -332,10 +337,14 @@ def _commit_with_retry(
                     raise TransactionRetriesExhausted("transaction kept conflicting") from exc
                 return False
             _abort_quietly(session)
+            if _is_max_time_expired(exc):
+                # Retrying would expire again (pymongo's with_transaction gives up here too); the outcome is
+                # unknown, so the client gets a 503 and its same-key retry replays or completes the transfer.
+                raise TransactionRetriesExhausted("commit outcome unknown: the server's time limit expired") from exc
             raise
 
 
-def _is_max_time_expired(exc: PyMongoError) -> bool:
+def _is_max_time_expired(exc: BaseException) -> bool:
     return isinstance(exc, OperationFailure) and exc.code == 50
 
 
@@ -353,10 +362,11 @@ def _backoff_or_give_up(
     exc: BaseException | None,
     on_retry: Callable[[str], None] | None,
     reason: str,
+    give_up: str = "transaction kept conflicting",
 ) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise TransactionRetriesExhausted("transaction kept conflicting") from exc
+        raise TransactionRetriesExhausted(give_up) from exc
     if on_retry:
         on_retry(reason)
     # Full jitter, growing with the attempt number, capped and never past the deadline.

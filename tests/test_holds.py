@@ -418,3 +418,23 @@ def test_verify_names_a_held_amount_the_holds_do_not_explain(app, h, shop, tampe
         problems = audit.verify().problems
     assert problems
     assert all(p.check == "held" and str(p.account) == source for p in problems), problems
+
+
+def test_a_duplicate_key_on_a_captures_entries_is_a_logged_503_that_writes_nothing(app, h, shop, monkeypatch, caplog):
+    from pymongo.errors import BulkWriteError
+
+    customer, source, _, target = shop
+    hold_id = h.create(customer, source, target, 30).get_json()["hold"]["_id"]
+    before = snapshot(app)
+
+    def duplicate() -> BulkWriteError:
+        return BulkWriteError({"writeErrors": [{"index": 0, "code": 11000, "errmsg": "E11000 (injected)",
+                                                "keyPattern": {"account": 1, "seq": 1}}]})
+
+    fault = faults.inject(monkeypatch, CAPTURE_STEPS["ledger insert"], duplicate)
+    response = h.capture(customer, hold_id)
+    assert fault.raised == 1
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert "unexpected duplicate key capturing a hold" in caplog.text
+    assert snapshot(app) == before
+    assert h.get(customer, hold_id).get_json()["hold"]["status"] == "ACTIVE"

@@ -26,7 +26,7 @@ from typing import Any
 from bson import ObjectId
 from flask import Flask
 from pymongo.client_session import ClientSession
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ledger import db, metrics
 from ledger.errors import (
@@ -49,6 +49,7 @@ from ledger.services.transfers import (
     HOLD_CAPTURE,
     _AccountChanged,
     _Attempt,
+    _is_duplicate_key_batch,
     _is_idempotency_key_violation,
     _move,
     _record,
@@ -210,6 +211,11 @@ def capture(caller: dict[str, Any], hold_id: ObjectId, amount: Decimal | None, k
 
     try:
         outcome: _Attempt = db.run_in_transaction(attempt, on_retry=metrics.transaction_retry)
+    except BulkWriteError as exc:
+        if not _is_duplicate_key_batch(exc):
+            raise
+        log.error("unexpected duplicate key capturing a hold: %s", exc.details)
+        raise ServiceUnavailable() from exc
     except (_AlreadyUsedKey, DuplicateKeyError) as exc:
         if isinstance(exc, DuplicateKeyError) and not _is_idempotency_key_violation(exc):
             log.error("unexpected duplicate key capturing a hold: %s", exc.details)

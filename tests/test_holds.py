@@ -434,7 +434,8 @@ def test_a_duplicate_key_on_a_captures_entries_is_a_logged_503_that_writes_nothi
     fault = faults.inject(monkeypatch, CAPTURE_STEPS["ledger insert"], duplicate)
     response = h.capture(customer, hold_id)
     assert fault.raised == 1
-    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
     assert "unexpected duplicate key capturing a hold" in caplog.text
     assert snapshot(app) == before
     assert h.get(customer, hold_id).get_json()["hold"]["status"] == "ACTIVE"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from flask import Flask
@@ -59,11 +60,18 @@ def register_extensions(app: Flask) -> None:
     ratelimit.init_app(app)
 
 
+# Werkzeug compiles every URL rule with ``ast.parse``, and CPython before 3.11.8 can fail ``ast`` work done in
+# several threads at once ("SystemError: AST constructor recursion depth mismatch", CPython gh-106905). Apps
+# built concurrently in one process (the concurrent start-up test does that) register their routes in turn.
+_ROUTE_COMPILATION = threading.Lock()
+
+
 def register_blueprints(app: Flask) -> None:
     from ledger import routing
     from ledger.api import register_blueprints as register
 
-    register(app)
+    with _ROUTE_COMPILATION:
+        register(app)
     routing.init_app(app)  # paths match case-insensitively, as Express matched them
 
 

@@ -13,11 +13,14 @@ renders in our JSON envelope; flask-limiter's after-request hook adds ``Retry-Af
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, current_app, request
+from flask.globals import request_ctx
 from flask_jwt_extended import get_jwt_identity
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -104,6 +107,7 @@ def init_app(app: Flask) -> None:
         # Registered before the limiter's own hook, so it runs after it (Flask runs these in reverse order).
         app.after_request(_retry_after_only_when_refused)
         limiter.init_app(app)
+        _only_where_limits_apply(app)
 
 
 _RETRYABLE_STATUSES = {409, 429, 503}
@@ -117,3 +121,53 @@ def _retry_after_only_when_refused(response: Response) -> Response:
     elif response.headers.get("Retry-After") == "0":
         response.headers["Retry-After"] = "1"
     return response
+
+
+# ----------------------------------------------------------------------------------- per-request cost
+
+# The attribute flask-limiter keeps on the request context once it has checked a limit for the request.
+_LIMITER_CONTEXT = "_limiter_request_context"
+
+
+def _limits_outside_views() -> bool:
+    """Whether any limit applies to requests as such, rather than to a decorated view: application-wide or
+    default limits, meta limits, or in-memory fallback limits. This service configures none."""
+    manager = limiter.limit_manager
+    return bool(manager.application_limits or manager.default_limits or getattr(limiter, "_meta_limits", True)
+                or getattr(limiter, "_in_memory_fallback", True))
+
+
+def _only_where_limits_apply(app: Flask) -> None:
+    """Keep flask-limiter's per-request hooks off the requests that have no limit to check.
+
+    flask-limiter registers a before-request check on every route (resolving and filtering limits each time)
+    and an after-request and teardown hook that look at what it checked. Our limits are all decorators on
+    views, which check themselves when the view runs, so, decided once here at start-up:
+
+    * with no application-wide, default, meta or fallback limits the before-request check has nothing to
+      evaluate on any route, and is removed (should a configuration add such limits, it stays);
+    * the after-request hook (``X-RateLimit-*``, ``Retry-After``, deductions such as failed logins) and the
+      teardown run only for requests whose view checked a limit, i.e. whose request context carries
+      flask-limiter's state; for the others they would find nothing and do nothing.
+    """
+    before = app.before_request_funcs.get(None, [])
+    if not _limits_outside_views():
+        before[:] = [hook for hook in before if hook != limiter._check_request_limit]
+    after = app.after_request_funcs.get(None, [])
+    for index, hook in enumerate(after):
+        if isinstance(hook, functools.partial) and hook.args == (limiter,):
+            after[index] = _where_limited(hook, lambda response: response)
+    teardown = app.teardown_request_funcs.get(None, [])
+    for index, hook in enumerate(teardown):
+        if getattr(hook, "__self__", None) is limiter and hook.__name__.endswith("__release_context"):
+            teardown[index] = _where_limited(hook, lambda _exc=None: None)
+
+
+def _where_limited(hook: Callable[..., Any], otherwise: Callable[..., Any]) -> Callable[..., Any]:
+    def only_where_limited(arg: Any = None) -> Any:
+        if hasattr(request_ctx, _LIMITER_CONTEXT):
+            return hook(arg)
+        return otherwise(arg)
+
+    only_where_limited.__wrapped__ = hook  # type: ignore[attr-defined]
+    return only_where_limited

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from flask import Flask, Response, current_app, g, has_request_context, request
+from flask import Flask, Response, g, has_request_context, request
 
 from ledger import metrics
 
@@ -35,21 +35,36 @@ CORS_MAX_AGE = "600"
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, carrying the request id when there is a request."""
 
+    # (whole second, its "%Y-%m-%dT%H:%M:%S" text): records of the same second share the formatting.
+    _second: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._second = cached
+        return f"{cached[1]}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": self._timestamp(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
         if has_request_context():
             entry["requestId"] = getattr(g, "request_id", None)
-        for key in ("method", "route", "path", "status", "durationMs", "userId"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
+        fields = record.__dict__
+        for key in _ACCESS_FIELDS:
+            if key in fields:
+                entry[key] = fields[key]
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+_ACCESS_FIELDS = ("method", "route", "path", "status", "durationMs", "userId")
 
 
 def configure_logging(app: Flask) -> None:
@@ -76,30 +91,46 @@ def init_app(app: Flask) -> None:
     # First of all before-request hooks (extensions registered theirs earlier), so every log line of the
     # request, including those of other hooks, carries the request id.
     app.before_request_funcs.setdefault(None, []).insert(0, _start)
+    config = app.config
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        request_id = getattr(g, "request_id", None) or uuid.uuid4().hex
-        response.headers["X-Request-ID"] = request_id
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if current_app.config.get("COOKIE_SECURE") or current_app.config.get("ENV_NAME") == "production":
-            response.headers.setdefault("Strict-Transport-Security", HSTS)
-        if current_app.config.get("CORS_ORIGINS"):
-            _apply_cors(response, current_app.config["CORS_ORIGINS"])
-        if request.path.startswith("/api"):
-            response.headers["Cache-Control"] = "no-store"
-        started = getattr(g, "started", None)
+        # Runs on every request: plain attribute and dict work, no per-request formatting machinery.
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        state = g._get_current_object()  # type: ignore[attr-defined]
+        request_id = getattr(state, "request_id", None) or uuid.uuid4().hex
+        headers = response.headers
+        headers["X-Request-ID"] = request_id
+        present = {name.lower() for name, _value in headers}  # a Headers object iterates (name, value)
+        for name, lowered, value in _SECURITY_HEADERS:
+            if lowered not in present:
+                headers.add(name, value)
+        secure = config.get("COOKIE_SECURE") or config.get("ENV_NAME") == "production"
+        if secure and "strict-transport-security" not in present:
+            headers.add("Strict-Transport-Security", HSTS)
+        if config.get("CORS_ORIGINS"):
+            _apply_cors(response, config["CORS_ORIGINS"])
+        path = req.path
+        if path.startswith("/api"):
+            headers["Cache-Control"] = "no-store"
+        started = getattr(state, "started", None)
         duration = time.perf_counter() - started if started is not None else 0.0
-        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        metrics.observe_request(request.method, route, response.status_code, duration)
-        access_log.info(
-            "%s %s %s", request.method, route, response.status_code,
-            extra={"method": request.method, "route": route, "path": request.path,
-                   "status": response.status_code, "durationMs": round(duration * 1000, 2),
-                   "userId": _user_id()},
-        )
+        rule = req.url_rule
+        route = rule.rule if rule is not None else "<unmatched>"
+        method = req.method
+        status = response.status_code
+        metrics.observe_request(method, route, status, duration)
+        if access_log.isEnabledFor(logging.INFO):
+            # The record logger.info() would make, without its search of the call stack for the caller.
+            access_log.handle(access_log.makeRecord(
+                access_log.name, logging.INFO, __file__, 0, "%s %s %s", (method, route, status), None,
+                "_finish", {"method": method, "route": route, "path": path, "status": status,
+                            "durationMs": round(duration * 1000, 2), "userId": _user_id(state)},
+            ))
         return response
+
+
+_SECURITY_HEADERS = tuple((name, name.lower(), value) for name, value in SECURITY_HEADERS.items())
 
 
 def _apply_cors(response: Response, allowed_origins: list[str]) -> None:
@@ -117,7 +148,7 @@ def _apply_cors(response: Response, allowed_origins: list[str]) -> None:
         response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
 
 
-def _user_id() -> str | None:
-    user = getattr(g, "_jwt_extended_jwt_user", None)
+def _user_id(state: Any) -> str | None:
+    user = getattr(state, "_jwt_extended_jwt_user", None)
     loaded = user.get("loaded_user") if isinstance(user, dict) else None
     return str(loaded["_id"]) if loaded else None

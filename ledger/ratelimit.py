@@ -16,6 +16,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
+import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +27,7 @@ from flask.globals import request_ctx
 from flask_jwt_extended import get_jwt_identity
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from limits.storage import MemoryStorage
 
 # Bodies of login and register are tiny; a key function never parses more than this (the view refuses
 # oversized bodies itself, with a 413).
@@ -106,7 +110,13 @@ def init_app(app: Flask) -> None:
     if app.config.get("RATELIMIT_ENABLED", True):
         # Registered before the limiter's own hook, so it runs after it (Flask runs these in reverse order).
         app.after_request(_retry_after_only_when_refused)
-        limiter.init_app(app)
+        uri = app.config.get("RATELIMIT_STORAGE_URI")
+        if uri == "memory://":  # the default: same counters, swept by one thread rather than one per hit
+            app.config["RATELIMIT_STORAGE_URI"] = SweptMemoryStorage.URI
+        try:
+            limiter.init_app(app)
+        finally:
+            app.config["RATELIMIT_STORAGE_URI"] = uri
         _only_where_limits_apply(app)
 
 
@@ -171,3 +181,55 @@ def _where_limited(hook: Callable[..., Any], otherwise: Callable[..., Any]) -> C
 
     only_where_limited.__wrapped__ = hook  # type: ignore[attr-defined]
     return only_where_limited
+
+
+SWEEP_SECONDS = 1.0
+
+
+class SweptMemoryStorage(MemoryStorage):
+    """limits' in-memory storage (``memory://``), with its expired entries swept by one long-lived thread.
+
+    The original starts a new 10 ms ``threading.Timer`` on any hit that finds the last one finished, which
+    with requests more than 10 ms apart is nearly every limited request: a thread start (and the wait for it
+    to run) on the request path. Counting and limiting are the original's, and they never depended on the
+    sweep (every read compares timestamps itself); the sweep only frees expired entries, here once a second
+    from a daemon thread that ends when the storage is gone.
+    """
+
+    STORAGE_SCHEME = ["ledger-swept-memory"]
+    URI = "ledger-swept-memory://"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._sweeper: threading.Thread | None = None
+        self._sweeper_guard = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 - replaces the parent's private method
+        sweeper = self._sweeper
+        if sweeper is not None and sweeper.is_alive():
+            return
+        with self._sweeper_guard:  # first hit of the process (or after a fork): start the sweeper once
+            if self._sweeper is None or not self._sweeper.is_alive():
+                self._sweeper = threading.Thread(target=_sweep, args=(weakref.ref(self),),
+                                                 name="ledger-ratelimit-sweeper", daemon=True)
+                self._sweeper.start()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_sweeper", None)
+        state.pop("_sweeper_guard", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.update(_sweeper=None, _sweeper_guard=threading.Lock())
+        super().__setstate__(state)
+
+
+def _sweep(storage_ref: weakref.ReferenceType[SweptMemoryStorage]) -> None:
+    while True:
+        time.sleep(SWEEP_SECONDS)
+        storage = storage_ref()
+        if storage is None:
+            return
+        storage._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+        del storage

@@ -23,10 +23,11 @@ from ledger.errors import UnsupportedMediaType, ValidationFailed
 
 
 def iso_utc(value: datetime) -> str:
-    """``2026-03-01T10:00:00.000Z``: the format the Node service's JSON dates had."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    value = value.astimezone(UTC)
+    """``2026-03-01T10:00:00.000Z``: the format the Node service's JSON dates had (naive means UTC)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    if value.year >= 1000:  # isoformat pads the year to 4 digits where strftime's %Y does not: same text here
+        return value.isoformat(timespec="milliseconds") + "Z"
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 

@@ -124,10 +124,11 @@ class EngineClock:
     """Time spent inside the database's API by this thread, measured at the app/engine boundary.
 
     It wraps the methods of whatever classes the app's database hands out, found at run time from
-    ``ledger.db.get_db`` (the collection class, its cursor class and the session class), so it times the
-    embedded engine, any engine that replaces it, or pymongo against MongoDB (then network waits included)
-    alike: every pymongo-shaped collection call, cursor step and transaction start/commit/abort. Only the
-    outermost call of a thread counts (engine methods that call each other are not counted twice).
+    ``ledger.db.get_client``/``get_db`` (the client, database, collection, cursor and session classes), so it
+    times the embedded engine, any engine that replaces it, or pymongo against MongoDB (then network waits
+    included) alike: database and collection lookups, every pymongo-shaped collection call, cursor step,
+    session start/end and transaction start/commit/abort. Only the outermost call of a thread counts
+    (engine methods that call each other are not counted twice).
     """
 
     COLLECTION_METHODS = (
@@ -138,7 +139,9 @@ class EngineClock:
         "drop",
     )
     CURSOR_METHODS = ("__next__", "next", "to_list")
-    SESSION_METHODS = ("start_transaction", "commit_transaction", "abort_transaction")
+    SESSION_METHODS = ("start_transaction", "commit_transaction", "abort_transaction", "end_session")
+    CLIENT_METHODS = ("start_session", "get_database", "__getitem__")
+    DATABASE_METHODS = ("get_collection", "__getitem__", "__getattr__")
 
     def __init__(self, app: Any, clock: Any = time.perf_counter) -> None:
         self.app = app
@@ -152,12 +155,14 @@ class EngineClock:
         from ledger import db
 
         with self.app.app_context():
-            collection = db.get_db(self.app)["engine_clock_probe"]
+            client, database = db.get_client(self.app), db.get_db(self.app)
+            collection = database["engine_clock_probe"]
             cursor = collection.find({})
-            session = db.get_client(self.app).start_session()
+            session = client.start_session()
             session.end_session()
         for owner, names in ((type(collection), self.COLLECTION_METHODS), (type(cursor), self.CURSOR_METHODS),
-                             (type(session), self.SESSION_METHODS)):
+                             (type(session), self.SESSION_METHODS), (type(client), self.CLIENT_METHODS),
+                             (type(database), self.DATABASE_METHODS)):
             for name in names:
                 if not hasattr(owner, name):
                     continue

@@ -32,23 +32,29 @@ CORS_EXPOSE_HEADERS = ("X-Request-ID, Idempotent-Replayed, Retry-After, X-RateLi
 CORS_MAX_AGE = "600"
 
 
+# One encoder for every line (``json.dumps(..., default=str)`` would build a new one per call; same output).
+_LINE_ENCODER = json.JSONEncoder(default=str)
+
+# (whole second, its "%Y-%m-%dT%H:%M:%S" text): lines of the same second share the formatting.
+_second: tuple[int, str] = (-1, "")
+
+
+def _timestamp(created: float, msecs: float) -> str:
+    global _second
+    second = int(created)
+    cached = _second
+    if cached[0] != second:
+        cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        _second = cached
+    return f"{cached[1]}.{int(msecs):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, carrying the request id when there is a request."""
 
-    # (whole second, its "%Y-%m-%dT%H:%M:%S" text): records of the same second share the formatting.
-    _second: tuple[int, str] = (-1, "")
-
-    def _timestamp(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        cached = self._second
-        if cached[0] != second:
-            cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-            self._second = cached
-        return f"{cached[1]}.{int(record.msecs):03d}Z"
-
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": self._timestamp(record),
+            "time": _timestamp(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -61,7 +67,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = fields[key]
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _LINE_ENCODER.encode(entry)
 
 
 _ACCESS_FIELDS = ("method", "route", "path", "status", "durationMs", "userId")
@@ -121,16 +127,64 @@ def init_app(app: Flask) -> None:
         status = response.status_code
         metrics.observe_request(method, route, status, duration)
         if access_log.isEnabledFor(logging.INFO):
-            # The record logger.info() would make, without its search of the call stack for the caller.
-            access_log.handle(access_log.makeRecord(
-                access_log.name, logging.INFO, __file__, 0, "%s %s %s", (method, route, status), None,
-                "_finish", {"method": method, "route": route, "path": path, "status": status,
-                            "durationMs": round(duration * 1000, 2), "userId": _user_id(state)},
-            ))
+            _log_access(method, route, path, status, round(duration * 1000, 2), _user_id(state),
+                        getattr(state, "request_id", None))
         return response
 
 
 _SECURITY_HEADERS = tuple((name, name.lower(), value) for name, value in SECURITY_HEADERS.items())
+
+
+def _log_access(method: str, route: str, path: str, status: int, duration_ms: float, user_id: str | None,
+                request_id: str | None) -> None:
+    """The access line: an INFO record of ``ledger.access`` carrying the request's fields.
+
+    When the only handler it would reach is the one :func:`configure_logging` installs (the usual case in a
+    deployment), the line is written straight to that handler's stream, exactly as ``JsonFormatter`` would
+    write the record, without building one. Any other handler, filter or logger setting (tests, an operator's
+    logging configuration) gets the record itself, through ``logging`` as usual.
+    """
+    fields = {"method": method, "route": route, "path": path, "status": status, "durationMs": duration_ms,
+              "userId": user_id}
+    handler = _sole_ledger_handler()
+    if handler is None:
+        # The record logger.info() would make, without its search of the call stack for the caller.
+        access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, "%s %s %s",
+                                                (method, route, status), None, "_finish", fields))
+        return
+    now = time.time()
+    line = _LINE_ENCODER.encode({
+        "time": _timestamp(now, (now - int(now)) * 1000), "level": "INFO", "logger": access_log.name,
+        "message": f"{method} {route} {status}", "requestId": request_id, **fields,
+    })
+    handler.acquire()
+    try:
+        handler.stream.write(line + handler.terminator)
+        handler.flush()
+    except Exception:  # noqa: BLE001 - as StreamHandler.emit: report through logging's own error hook
+        handler.handleError(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, "%s %s %s",
+                                                  (method, route, status), None, "_finish", fields))
+    finally:
+        handler.release()
+
+
+def _sole_ledger_handler() -> logging.StreamHandler | None:
+    """The ledger's stream handler, if it is the only thing an INFO record of ``ledger.access`` would reach."""
+    if access_log.filters:
+        return None
+    found = None
+    logger: logging.Logger | None = access_log
+    while logger is not None:
+        for handler in logger.handlers:
+            if (found is not None or not getattr(handler, "_ledger_handler", False) or handler.filters
+                    or handler.level > logging.INFO or type(handler) is not logging.StreamHandler
+                    or type(handler.formatter) is not JsonFormatter):
+                return None
+            found = handler
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return found
 
 
 def _apply_cors(response: Response, allowed_origins: list[str]) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from ledger import command_count  # noqa: E402  (import before any client exists, so pymongo reports to it)
 
@@ -246,34 +247,9 @@ def count_commands(sizes: list[int]) -> dict[str, Any]:
 
 
 def build_bare_app() -> Any:
-    """Bare Flask answering the same routes with JSON of the same shape: the framework's floor.
+    from bench_bare import build_bare_app as build
 
-    No extensions, no hooks, the default JSON provider; the transfer route parses its JSON body, the balance
-    route reads its path parameter. Whatever ours costs beyond this is ours (hooks, auth, limits,
-    validation, serialisation) or the storage engine's, which the table subtracts.
-    """
-    from flask import Flask, jsonify, request
-
-    bare = Flask("bare")
-
-    @bare.get("/health")
-    def health() -> Any:
-        return jsonify({"status": "ok"})
-
-    @bare.get("/api/accounts/balance/<account_id>")
-    def balance(account_id: str) -> Any:
-        return jsonify({"accountId": account_id, "balance": 100})
-
-    @bare.post("/api/transactions")
-    def transfer() -> Any:
-        body = request.get_json()
-        return jsonify({"message": "Transaction processed successfully", "transaction": {
-            "_id": "0" * 24, "kind": "TRANSFER", "fromAccount": body["fromAccount"], "toAccount": body["toAccount"],
-            "amount": body["amount"], "currency": "INR", "status": "COMPLETED", "idempotencyKey":
-            body["idempotencyKey"], "createdAt": "2026-01-01T00:00:00.000Z", "updatedAt": "2026-01-01T00:00:00.000Z",
-        }})
-
-    return bare
+    return build()
 
 
 OVERHEAD_CASES = (

@@ -189,3 +189,47 @@ def test_the_access_record_is_an_info_record_of_ledger_access_with_its_fields(ap
         "GET", "/health", "/health", 200, None)
     assert isinstance(record.durationMs, float)
     assert record.durationMs >= 0
+
+
+def test_the_access_line_written_directly_is_the_line_the_formatter_writes_for_the_record(
+        app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import json
+    import logging
+
+    from ledger import observability
+
+    root = logging.getLogger()
+    (handler,) = [h for h in root.handlers if getattr(h, "_ledger_handler", False)]
+    monkeypatch.setattr(root, "handlers", [handler])  # as deployed: pytest's capturing handlers set aside
+    stream = io.StringIO()
+    previous = handler.setStream(stream)
+    handled: list[logging.LogRecord] = []
+    real_handle = observability.access_log.handle
+    monkeypatch.setattr(observability.access_log, "handle", lambda record: (handled.append(record),
+                                                                           real_handle(record)))
+    client = app.test_client()
+    try:
+        client.get("/api/nowhere?x=1", headers={"X-Request-ID": "direct-1"})
+        direct = stream.getvalue()
+        assert handled == []  # written without a record
+        observability.access_log.addHandler(logging.NullHandler())  # another handler: the record path
+        try:
+            client.get("/api/nowhere?x=1", headers={"X-Request-ID": "direct-1"})
+        finally:
+            observability.access_log.handlers.clear()
+        via_record = stream.getvalue()[len(direct):]
+    finally:
+        handler.setStream(previous)
+
+    assert len(handled) == 1
+    lines = [json.loads(text) for text in (direct, via_record)]
+    assert direct.endswith("\n")
+    assert via_record.endswith("\n")
+    for line in lines:
+        line.pop("durationMs")
+        assert line.pop("time").endswith("Z")
+    assert list(lines[0]) == list(lines[1])
+    assert lines[0] == lines[1] == {
+        "level": "INFO", "logger": "ledger.access", "message": "GET <unmatched> 404", "requestId": "direct-1",
+        "method": "GET", "route": "<unmatched>", "path": "/api/nowhere", "status": 404, "userId": None}

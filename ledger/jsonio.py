@@ -39,10 +39,15 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+_ENCODER = simplejson.JSONEncoder(default=_default, ensure_ascii=True, use_decimal=True, allow_nan=False)
+
+
 class LedgerJSONProvider(JSONProvider):
     """Flask's JSON provider, writing ``Decimal`` exactly (via simplejson) and refusing NaN."""
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
+        if not kwargs:  # every response: one encoder with exactly the settings below, built once
+            return _ENCODER.encode(obj)
         kwargs.setdefault("default", _default)
         kwargs.setdefault("ensure_ascii", True)
         return simplejson.dumps(obj, use_decimal=True, allow_nan=False, **kwargs)

@@ -38,8 +38,14 @@ NOTIFICATIONS = Counter(
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+_TRANSFER_SERIES: dict[str, Any] = {}
+
+
 def transfer_outcome(outcome: str) -> None:
-    TRANSFERS.labels(outcome=outcome).inc()
+    series = _TRANSFER_SERIES.get(outcome)
+    if series is None:
+        series = _TRANSFER_SERIES[outcome] = TRANSFERS.labels(outcome=outcome)
+    series.inc()
 
 
 def transaction_retry(reason: str) -> None:

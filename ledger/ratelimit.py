@@ -156,9 +156,9 @@ def _only_where_limits_apply(app: Flask) -> None:
 
     * with no application-wide, default, meta or fallback limits the before-request check has nothing to
       evaluate on any route, and is removed (should a configuration add such limits, it stays);
-    * the after-request hook (``X-RateLimit-*``, ``Retry-After``, deductions such as failed logins) and the
-      teardown run only for requests whose view checked a limit, i.e. whose request context carries
-      flask-limiter's state; for the others they would find nothing and do nothing.
+    * the after-request hook (``X-RateLimit-*``, ``Retry-After``, deductions such as failed logins), our
+      ``Retry-After`` correction and the teardown run only for requests whose view checked a limit, i.e. whose
+      request context carries flask-limiter's state; for the others they would find nothing and do nothing.
     """
     before = app.before_request_funcs.get(None, [])
     if not _limits_outside_views():
@@ -166,7 +166,12 @@ def _only_where_limits_apply(app: Flask) -> None:
     after = app.after_request_funcs.get(None, [])
     for index, hook in enumerate(after):
         if isinstance(hook, functools.partial) and hook.args == (limiter,):
-            after[index] = _where_limited(hook, lambda response: response)
+            # Retry-After comes from flask-limiter only on limited requests (our own handlers set it on 409,
+            # 429 and 503 answers only), so its correction runs there too, right after flask-limiter's hook.
+            after[index] = _where_limited(lambda response, inject=hook: _retry_after_only_when_refused(
+                inject(response)), lambda response: response)
+            after.remove(_retry_after_only_when_refused)
+            break
     teardown = app.teardown_request_funcs.get(None, [])
     for index, hook in enumerate(teardown):
         if getattr(hook, "__self__", None) is limiter and hook.__name__.endswith("__release_context"):

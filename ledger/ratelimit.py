@@ -117,6 +117,7 @@ def init_app(app: Flask) -> None:
             limiter.init_app(app)
         finally:
             app.config["RATELIMIT_STORAGE_URI"] = uri
+        _swept_fallback()
         _only_where_limits_apply(app)
 
 
@@ -228,6 +229,15 @@ class SweptMemoryStorage(MemoryStorage):
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.update(_sweeper=None, _sweeper_guard=threading.Lock())
         super().__setstate__(state)
+
+
+def _swept_fallback() -> None:
+    """The in-memory storage flask-limiter falls back to while a shared storage is down, swept the same way."""
+    fallback = getattr(limiter, "_fallback_storage", None)
+    strategy = getattr(limiter, "_fallback_limiter", None)
+    if type(fallback) is MemoryStorage and strategy is not None:
+        limiter._fallback_storage = swept = SweptMemoryStorage()
+        limiter._fallback_limiter = type(strategy)(swept)
 
 
 def _sweep(storage_ref: weakref.ReferenceType[SweptMemoryStorage]) -> None:

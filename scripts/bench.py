@@ -521,6 +521,8 @@ def parse_args() -> argparse.Namespace:
                         help="rounds of the in-process overhead table (default 10; 0 skips it)")
     parser.add_argument("--overhead-scale", type=int, default=1000,
                         help="trivial requests per overhead round; a quarter as many reads, a tenth transfers")
+    parser.add_argument("--no-commands", action="store_true",
+                        help="skip counting database commands per request at 10 / 1,000 / 10,000 prior entries")
     parser.add_argument("--keep-data", action="store_true", help="with MONGO_URI, keep the benchmark database")
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results", help="results directory")
     args = parser.parse_args()
@@ -598,8 +600,11 @@ def main() -> None:
         if not args.keep_data:
             drop_bench_database(server)
     report["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
-    log("==> counting database commands per request at 10, 1,000 and 10,000 prior ledger entries")
-    report["commands"] = in_process(["commands", "--sizes", "10,1000,10000"], timeout=600)
+    if args.no_commands:
+        report["commands"] = None
+    else:
+        log("==> counting database commands per request at 10, 1,000 and 10,000 prior ledger entries")
+        report["commands"] = in_process(["commands", "--sizes", "10,1000,10000"], timeout=600)
     report["commands_line"] = commands_line(report["commands"])
     if args.overhead_rounds:
         log(f"==> in-process overhead: bare Flask against the service, {args.overhead_rounds} interleaved rounds")

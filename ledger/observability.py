@@ -90,9 +90,10 @@ access_log = logging.getLogger("ledger.access")
 
 def init_app(app: Flask) -> None:
     def _start() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        g.started = time.perf_counter()
+        incoming = request.environ.get("HTTP_X_REQUEST_ID", "")  # the X-Request-ID header, as WSGI passes it
+        state = g._get_current_object()  # type: ignore[attr-defined]
+        state.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        state.started = time.perf_counter()
 
     # First of all before-request hooks (extensions registered theirs earlier), so every log line of the
     # request, including those of other hooks, carries the request id.

@@ -233,3 +233,72 @@ def test_the_access_line_written_directly_is_the_line_the_formatter_writes_for_t
     assert lines[0] == lines[1] == {
         "level": "INFO", "logger": "ledger.access", "message": "GET <unmatched> 404", "requestId": "direct-1",
         "method": "GET", "route": "<unmatched>", "path": "/api/nowhere", "status": 404, "userId": None}
+
+
+# ------------------------------------------------------------------------------------------ token parsing
+
+
+def _jwt_parsers():
+    import jwt
+    from jwt.api_jws import PyJWS
+
+    from ledger import jwt_parse
+
+    jwt_parse.install()
+    memoised = PyJWS._load
+    return jwt, PyJWS(), memoised, memoised.__wrapped__
+
+
+RIGHT_SECRET = "right-secret-" + "r" * 40
+WRONG_SECRET = "wrong-secret-" + "w" * 40
+_TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=.!+/ \u00e9"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.text(alphabet=_TOKEN_CHARS, max_size=120),
+    st.builds(lambda parts: ".".join(parts), st.lists(st.text(alphabet=_TOKEN_CHARS[:64], max_size=40),
+                                                       min_size=1, max_size=4)),
+    st.binary(max_size=60),
+    st.sampled_from(["\ud800.a.b", "e30.e30.", "eyJhbGciOiJIUzI1NiJ9.e30.", "eyJiNjQiOmZhbHNlfQ..c2ln"]),
+))
+def test_a_memoised_parse_answers_exactly_what_pyjwts_parse_answers(token: str | bytes) -> None:
+    _, parser, memoised, original = _jwt_parsers()
+    outcomes = []
+    for parse in (original, memoised, memoised):  # the second memoised call is served from the cache
+        try:
+            outcomes.append(("ok", parse(parser, token)))
+        except Exception as exc:  # noqa: BLE001 - the very same refusal is what is compared
+            outcomes.append(("error", type(exc), str(exc)))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+
+
+def test_signature_and_expiry_are_still_checked_on_every_decode_of_a_remembered_token() -> None:
+    jwt, parser, memoised, _ = _jwt_parsers()
+    now = int(time.time())
+    token = jwt.encode({"userId": "u", "iat": now, "exp": now + 60}, RIGHT_SECRET, algorithm="HS256")
+    expired = jwt.encode({"userId": "u", "iat": now - 120, "exp": now - 60}, RIGHT_SECRET, algorithm="HS256")
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+
+    for _ in range(3):
+        assert jwt.decode(token, RIGHT_SECRET, algorithms=["HS256"])["userId"] == "u"
+        with pytest.raises(jwt.InvalidSignatureError):
+            jwt.decode(token, WRONG_SECRET, algorithms=["HS256"])
+        with pytest.raises(jwt.ExpiredSignatureError):
+            jwt.decode(expired, RIGHT_SECRET, algorithms=["HS256"])
+        with pytest.raises(jwt.InvalidSignatureError):
+            jwt.decode(tampered, RIGHT_SECRET, algorithms=["HS256"])
+    first, second = memoised(parser, token)[2], memoised(parser, token)[2]
+    first["alg"] = "none"
+    assert second["alg"] == "HS256"  # every caller gets a header of its own
+    assert memoised(parser, token)[2]["alg"] == "HS256"
+
+
+def test_a_revoked_or_altered_token_is_refused_after_it_was_used(api: Api) -> None:
+    _, token = api.user()
+    assert api.request("GET", "/api/accounts", token).status_code == 200
+    altered = token[:-3] + ("abc" if not token.endswith("abc") else "xyz")
+
+    assert api.request("GET", "/api/accounts", altered).status_code == 401
+    assert api.request("POST", "/api/auth/logout", token).status_code == 200
+    assert api.request("GET", "/api/accounts", token).status_code == 401

@@ -513,10 +513,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--phases", default="health,spread,hot", help="comma-separated: health, spread, hot")
     parser.add_argument("--outbox-sender", choices=("auto", "on", "off"), default="auto",
                         help="run the email outbox sender in the server (auto: only with MONGO_URI)")
-    parser.add_argument("--health-rounds", type=int, default=3,
+    parser.add_argument("--health-rounds", type=int, default=6,
                         help="interleaved rounds of GET /health against the service and against bare Flask served "
-                             "the same way (default 3; 0 skips the comparison)")
-    parser.add_argument("--health-duration", type=float, default=10, help="seconds per such round (default 10)")
+                             "the same way (default 6; 0 skips the comparison)")
+    parser.add_argument("--health-duration", type=float, default=4, help="seconds per such round (default 4)")
     parser.add_argument("--overhead-rounds", type=int, default=10,
                         help="rounds of the in-process overhead table (default 10; 0 skips it)")
     parser.add_argument("--overhead-scale", type=int, default=1000,
@@ -529,7 +529,7 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.duration, args.users, args.accounts, args.concurrency = 4, 4, 2, 8
         args.profile_transfers = min(args.profile_transfers, 100)
-        args.health_rounds, args.health_duration = min(args.health_rounds, 2), min(args.health_duration, 3)
+        args.health_rounds, args.health_duration = min(args.health_rounds, 3), min(args.health_duration, 2)
         args.overhead_rounds, args.overhead_scale = min(args.overhead_rounds, 3), min(args.overhead_scale, 300)
     # Bounds: everything this script does is finite and small enough for a laptop.
     args.duration = max(1.0, min(args.duration, 3600.0))

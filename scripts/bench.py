@@ -9,10 +9,13 @@
 3. drives load with locust (as a library, headless, closed loop: ``--concurrency`` simulated clients, each
    sending its next request when the last one answered) for ``--duration`` seconds per phase:
    ``GET /health`` (the reference), transfers spread over every account, and transfers on one hot pair;
-4. prints requests/s, p50/p95/p99 latency, errors and transaction retries (from ``GET /metrics``) per phase,
-   the database commands per request (``scripts/bench_inprocess.py commands``) and, with ``--profile``, where
-   the CPU of a transfer goes (``scripts/bench_inprocess.py profile``);
-5. writes ``bench-results/<timestamp>.json`` and ``.md``.
+4. compares ``GET /health`` with bare Flask (``scripts/bench_bare.py``) served the same way, in interleaved
+   rounds (``--health-rounds``);
+5. prints requests/s, p50/p95/p99 latency, errors and transaction retries (from ``GET /metrics``) per phase,
+   the database commands per request (``scripts/bench_inprocess.py commands``), the in-process overhead table
+   against bare Flask (``scripts/bench_inprocess.py overhead``) and, with ``--profile``, where the CPU of a
+   transfer goes (``scripts/bench_inprocess.py profile``);
+6. writes ``bench-results/<timestamp>.json`` and ``.md``.
 
 Everything is bounded: each phase by time, setup by count, the server by a start-up deadline, and the server is
 stopped at the end whatever happens. Traffic goes to 127.0.0.1 only.
@@ -507,7 +510,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=0,
                         help="gunicorn workers with MONGO_URI (default 1: /metrics, and so the retry count, "
                              "is per worker process)")
-    parser.add_argument("--quick", action="store_true", help="a ~20-30 s smoke run: short phases, few users")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (~1-2 min): short phases, few users")
     parser.add_argument("--profile", action="store_true", help="also profile transfers in-process (pyinstrument)")
     parser.add_argument("--profile-transfers", type=int, default=300, help="transfers to profile (default 300)")
     parser.add_argument("--phases", default="health,spread,hot", help="comma-separated: health, spread, hot")

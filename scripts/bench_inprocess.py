@@ -6,6 +6,9 @@ application), it prints one JSON object on stdout:
 ``commands``  Counts the commands of one transfer and one balance read at 10, 1,000 and 10,000 prior ledger
               entries on the account (history written directly, see ``tests/history.py``), through the Flask
               test client, with :class:`ledger.command_count.CommandCounter`.
+``overhead``  Bare Flask (``scripts/bench_bare.py``) against the service through the Flask test client:
+              µs of thread CPU time per request for a trivial route, a balance read and a transfer, with the
+              time inside the storage engine (``EngineClock``) subtracted.
 ``profile``   Runs transfers through the Flask test client under pyinstrument and splits the time between our
               code (``ledger/``), the storage engine (mongomock-ng and its lock), the driver and schema
               libraries, and the web framework; writes the HTML profile next to the results.

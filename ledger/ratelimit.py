@@ -110,13 +110,14 @@ def init_app(app: Flask) -> None:
     if app.config.get("RATELIMIT_ENABLED", True):
         # Registered before the limiter's own hook, so it runs after it (Flask runs these in reverse order).
         app.after_request(_retry_after_only_when_refused)
-        uri = app.config.get("RATELIMIT_STORAGE_URI")
-        if uri == "memory://":  # the default: same counters, swept by one thread rather than one per hit
+        swept = app.config.get("RATELIMIT_STORAGE_URI") == "memory://"
+        if swept:  # the default: same counters, swept by one thread rather than one per hit
             app.config["RATELIMIT_STORAGE_URI"] = SweptMemoryStorage.URI
         try:
             limiter.init_app(app)
         finally:
-            app.config["RATELIMIT_STORAGE_URI"] = uri
+            if swept:  # the app's own setting stays what it was
+                app.config["RATELIMIT_STORAGE_URI"] = "memory://"
         _swept_fallback()
         _only_where_limits_apply(app)
 

@@ -50,8 +50,10 @@ def configure_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from ledger import mailer, ratelimit, security
+    from ledger import jwt_parse, mailer, ratelimit, security
     from ledger.jsonio import LedgerJSONProvider
+
+    jwt_parse.install()  # each bearer token parsed once per process (verification unchanged)
 
     app.json_provider_class = LedgerJSONProvider
     app.json = LedgerJSONProvider(app)

@@ -28,10 +28,11 @@ from ledger.errors import UnsupportedMediaType, ValidationFailed
 
 
 def iso_utc(value: datetime) -> str:
-    """``2026-03-01T10:00:00.000Z``: the format the Node service's JSON dates had."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    value = value.astimezone(UTC)
+    """``2026-03-01T10:00:00.000Z``: the format the Node service's JSON dates had (naive means UTC)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    if value.year >= 1000:  # isoformat pads the year to 4 digits where strftime's %Y does not: same text here
+        return value.isoformat(timespec="milliseconds") + "Z"
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
@@ -43,10 +44,15 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+_ENCODER = simplejson.JSONEncoder(default=_default, ensure_ascii=True, use_decimal=True, allow_nan=False)
+
+
 class LedgerJSONProvider(JSONProvider):
     """Flask's JSON provider, writing ``Decimal`` exactly (via simplejson) and refusing NaN."""
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
+        if not kwargs:  # every response: one encoder with exactly the settings below, built once
+            return _ENCODER.encode(obj)
         kwargs.setdefault("default", _default)
         kwargs.setdefault("ensure_ascii", True)
         return simplejson.dumps(obj, use_decimal=True, allow_nan=False, **kwargs)

@@ -6,6 +6,8 @@ as in the test suite, never collide. ``GET /metrics`` renders it in the text exp
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -36,17 +38,33 @@ NOTIFICATIONS = Counter(
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+_TRANSFER_SERIES: dict[str, Any] = {}
+
+
 def transfer_outcome(outcome: str) -> None:
-    TRANSFERS.labels(outcome=outcome).inc()
+    series = _TRANSFER_SERIES.get(outcome)
+    if series is None:
+        series = _TRANSFER_SERIES[outcome] = TRANSFERS.labels(outcome=outcome)
+    series.inc()
 
 
 def transaction_retry(reason: str) -> None:
     RETRIES.labels(reason=reason).inc()
 
 
+# (method, route, status) -> the labelled counter and histogram: resolving labels costs more than counting.
+# As many entries as the labelled series themselves, which the registry keeps anyway.
+_REQUEST_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
-    REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-    LATENCY.labels(method=method, route=route).observe(seconds)
+    series = _REQUEST_SERIES.get((method, route, status))
+    if series is None:
+        series = (REQUESTS.labels(method=method, route=route, status=str(status)),
+                  LATENCY.labels(method=method, route=route))
+        _REQUEST_SERIES[(method, route, status)] = series
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 def render() -> bytes:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import mongoengine as me
-from bson import ObjectId
+from bson import Int64, ObjectId
 
 ACCOUNT_STATUSES = ("ACTIVE", "FROZEN", "CLOSED")
 TRANSACTION_STATUSES = ("PENDING", "COMPLETED", "FAILED", "REVERSED")
@@ -258,10 +258,79 @@ def _validated_by_instance(model: type[_Base], fields: dict[str, Any]) -> dict[s
     return instance.to_mongo().to_dict()
 
 
+_GENERIC = object()  # a compiled check's answer for "not the usual case: ask the field itself"
+_FLAT_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 @functools.cache
-def _schema(model: type[_Base]) -> tuple[frozenset[str], tuple[tuple[str, str, Any], ...]]:
-    fields = tuple((name, model._fields[name].db_field, model._fields[name]) for name in model._fields_ordered)
+def _schema(model: type[_Base]) -> tuple[frozenset[str], tuple[tuple[str, str, Any, Any], ...]]:
+    fields = tuple((name, model._fields[name].db_field, model._fields[name], _compiled_check(model._fields[name]))
+                   for name in model._fields_ordered)
     return frozenset(model._fields), fields
+
+
+def _compiled_check(field: me.fields.BaseField) -> Any:
+    """A precompiled stand-in for ``field.to_mongo(field.to_python(v))`` after ``field._validate(v)``, for
+    values of the field's usual exact type (``str``, ``int``, ``bool``, ``datetime``, ``ObjectId``, a flat
+    ``dict`` of such leaves).
+
+    It returns the stored value when mongoengine would accept ``v`` and store exactly that, and ``_GENERIC``
+    otherwise (another type, a subclass, a value out of bounds), which sends the value through the field's
+    own methods. Fields with their own validation callable, a regex or a type not listed get no compiled
+    check (None) and always go through the field.
+    """
+    if field.validation is not None:
+        return None
+    kind = type(field)
+    choices: frozenset[Any] | None = None
+    if field.choices:
+        listed = list(field.choices)
+        if isinstance(listed[0], list | tuple):  # (value, label) pairs: mongoengine checks the values
+            listed = [choice for choice, _label in listed]
+        choices = frozenset(listed)
+    if kind is me.StringField and field.regex is None:
+        shortest, longest = field.min_length, field.max_length
+
+        def string(value: Any) -> Any:
+            if type(value) is str and (longest is None or len(value) <= longest) \
+                    and (shortest is None or len(value) >= shortest) and (choices is None or value in choices):
+                return value
+            return _GENERIC
+
+        return string
+    if choices is not None:
+        return None
+    if kind is me.LongField or kind is me.IntField:
+        low, high, stored_as = field.min_value, field.max_value, Int64 if kind is me.LongField else int
+
+        def integer(value: Any) -> Any:
+            if type(value) is int and (low is None or value >= low) and (high is None or value <= high):
+                return stored_as(value)
+            return _GENERIC
+
+        return integer
+    if kind is me.DictField and field.field is None:
+        required = field.required
+
+        def flat_dict(value: Any) -> Any:
+            # A DictField without a declared item field converts and stores a flat dict of these leaves as a
+            # copy of itself; it refuses non-string keys and keys starting with "$" (and, if required, {}).
+            if type(value) is not dict or (required and not value):
+                return _GENERIC
+            for key, item in value.items():
+                if type(key) is not str or key.startswith("$") or type(item) not in _FLAT_LEAVES:
+                    return _GENERIC
+            return dict(value)
+
+        return flat_dict
+    exact = {me.ObjectIdField: ObjectId, me.BooleanField: bool, me.DateTimeField: datetime}.get(kind)
+    if exact is None:
+        return None
+
+    def same(value: Any) -> Any:
+        return value if type(value) is exact else _GENERIC
+
+    return same
 
 
 def _validated_fast(model: type[_Base], fields: dict[str, Any]) -> dict[str, Any] | None:
@@ -269,15 +338,23 @@ def _validated_fast(model: type[_Base], fields: dict[str, Any]) -> dict[str, Any
 
     Mirrors ``Document.__init__`` (``to_python`` on given values; ``None`` or absent takes the default),
     ``validate()`` (``field._validate`` on every set value; ``required`` on unset ones) and ``to_mongo()``.
+    Values of a field's usual type take its precompiled check (:func:`_compiled_check`); anything else runs
+    the field's own conversion and validation.
     """
     names, schema = _schema(model)
     if not names.issuperset(fields):
         return None
     document: dict[str, Any] = {}
+    get = fields.get
     try:
-        for name, db_field, field in schema:
-            value = fields.get(name)
+        for name, db_field, field, check in schema:
+            value = get(name)
             if value is not None:
+                if check is not None:
+                    stored = check(value)
+                    if stored is not _GENERIC:
+                        document[db_field] = stored
+                        continue
                 value = field.to_python(value)
             elif not field.null and field.default is not None:
                 value = field.default() if callable(field.default) else field.default

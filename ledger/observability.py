@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from flask import Flask, Response, current_app, g, has_request_context, request
+from flask import Flask, Response, g, has_request_context, request
 
 from ledger import metrics
 
@@ -32,24 +32,45 @@ CORS_EXPOSE_HEADERS = ("X-Request-ID, Idempotent-Replayed, Retry-After, X-RateLi
 CORS_MAX_AGE = "600"
 
 
+# One encoder for every line (``json.dumps(..., default=str)`` would build a new one per call; same output).
+_LINE_ENCODER = json.JSONEncoder(default=str)
+
+# (whole second, its "%Y-%m-%dT%H:%M:%S" text): lines of the same second share the formatting.
+_second: tuple[int, str] = (-1, "")
+
+
+def _timestamp(created: float, msecs: float) -> str:
+    global _second
+    second = int(created)
+    cached = _second
+    if cached[0] != second:
+        cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        _second = cached
+    return f"{cached[1]}.{int(msecs):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, carrying the request id when there is a request."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": _timestamp(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
         if has_request_context():
             entry["requestId"] = getattr(g, "request_id", None)
-        for key in ("method", "route", "path", "status", "durationMs", "userId"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
+        fields = record.__dict__
+        for key in _ACCESS_FIELDS:
+            if key in fields:
+                entry[key] = fields[key]
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _LINE_ENCODER.encode(entry)
+
+
+_ACCESS_FIELDS = ("method", "route", "path", "status", "durationMs", "userId")
 
 
 def configure_logging(app: Flask) -> None:
@@ -69,37 +90,102 @@ access_log = logging.getLogger("ledger.access")
 
 def init_app(app: Flask) -> None:
     def _start() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        g.started = time.perf_counter()
+        incoming = request.environ.get("HTTP_X_REQUEST_ID", "")  # the X-Request-ID header, as WSGI passes it
+        state = g._get_current_object()  # type: ignore[attr-defined]
+        state.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        state.started = time.perf_counter()
 
     # First of all before-request hooks (extensions registered theirs earlier), so every log line of the
     # request, including those of other hooks, carries the request id.
     app.before_request_funcs.setdefault(None, []).insert(0, _start)
+    config = app.config
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        request_id = getattr(g, "request_id", None) or uuid.uuid4().hex
-        response.headers["X-Request-ID"] = request_id
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if current_app.config.get("COOKIE_SECURE") or current_app.config.get("ENV_NAME") == "production":
-            response.headers.setdefault("Strict-Transport-Security", HSTS)
-        if current_app.config.get("CORS_ORIGINS"):
-            _apply_cors(response, current_app.config["CORS_ORIGINS"])
-        if request.path.startswith("/api") and not g.get("cacheable_response"):  # only /api/docs assets are
-            response.headers["Cache-Control"] = "no-store"
-        started = getattr(g, "started", None)
+        # Runs on every request: plain attribute and dict work, no per-request formatting machinery.
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        state = g._get_current_object()  # type: ignore[attr-defined]
+        request_id = getattr(state, "request_id", None) or uuid.uuid4().hex
+        headers = response.headers
+        headers["X-Request-ID"] = request_id
+        present = {name.lower() for name, _value in headers}  # a Headers object iterates (name, value)
+        for name, lowered, value in _SECURITY_HEADERS:
+            if lowered not in present:
+                headers.add(name, value)
+        secure = config.get("COOKIE_SECURE") or config.get("ENV_NAME") == "production"
+        if secure and "strict-transport-security" not in present:
+            headers.add("Strict-Transport-Security", HSTS)
+        if config.get("CORS_ORIGINS"):
+            _apply_cors(response, config["CORS_ORIGINS"])
+        path = req.path
+        if path.startswith("/api") and not getattr(state, "cacheable_response", False):  # /api/docs assets are
+            headers["Cache-Control"] = "no-store"
+        started = getattr(state, "started", None)
         duration = time.perf_counter() - started if started is not None else 0.0
-        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        metrics.observe_request(request.method, route, response.status_code, duration)
-        access_log.info(
-            "%s %s %s", request.method, route, response.status_code,
-            extra={"method": request.method, "route": route, "path": request.path,
-                   "status": response.status_code, "durationMs": round(duration * 1000, 2),
-                   "userId": _user_id()},
-        )
+        rule = req.url_rule
+        route = rule.rule if rule is not None else "<unmatched>"
+        method = req.method
+        status = response.status_code
+        metrics.observe_request(method, route, status, duration)
+        if access_log.isEnabledFor(logging.INFO):
+            _log_access(method, route, path, status, round(duration * 1000, 2), _user_id(state),
+                        getattr(state, "request_id", None))
         return response
+
+
+_SECURITY_HEADERS = tuple((name, name.lower(), value) for name, value in SECURITY_HEADERS.items())
+
+
+def _log_access(method: str, route: str, path: str, status: int, duration_ms: float, user_id: str | None,
+                request_id: str | None) -> None:
+    """The access line: an INFO record of ``ledger.access`` carrying the request's fields.
+
+    When the only handler it would reach is the one :func:`configure_logging` installs (the usual case in a
+    deployment), the line is written straight to that handler's stream, exactly as ``JsonFormatter`` would
+    write the record, without building one. Any other handler, filter or logger setting (tests, an operator's
+    logging configuration) gets the record itself, through ``logging`` as usual.
+    """
+    fields = {"method": method, "route": route, "path": path, "status": status, "durationMs": duration_ms,
+              "userId": user_id}
+    handler = _sole_ledger_handler()
+    if handler is None:
+        # The record logger.info() would make, without its search of the call stack for the caller.
+        access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, "%s %s %s",
+                                                (method, route, status), None, "_finish", fields))
+        return
+    now = time.time()
+    line = _LINE_ENCODER.encode({
+        "time": _timestamp(now, (now - int(now)) * 1000), "level": "INFO", "logger": access_log.name,
+        "message": f"{method} {route} {status}", "requestId": request_id, **fields,
+    })
+    handler.acquire()
+    try:
+        handler.stream.write(line + handler.terminator)
+        handler.flush()
+    except Exception:  # noqa: BLE001 - as StreamHandler.emit: report through logging's own error hook
+        handler.handleError(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, "%s %s %s",
+                                                  (method, route, status), None, "_finish", fields))
+    finally:
+        handler.release()
+
+
+def _sole_ledger_handler() -> logging.StreamHandler | None:
+    """The ledger's stream handler, if it is the only thing an INFO record of ``ledger.access`` would reach."""
+    if access_log.filters:
+        return None
+    found = None
+    logger: logging.Logger | None = access_log
+    while logger is not None:
+        for handler in logger.handlers:
+            if (found is not None or not getattr(handler, "_ledger_handler", False) or handler.filters
+                    or handler.level > logging.INFO or type(handler) is not logging.StreamHandler
+                    or type(handler.formatter) is not JsonFormatter):
+                return None
+            found = handler
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return found
 
 
 def _apply_cors(response: Response, allowed_origins: list[str]) -> None:
@@ -117,7 +203,7 @@ def _apply_cors(response: Response, allowed_origins: list[str]) -> None:
         response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
 
 
-def _user_id() -> str | None:
-    user = getattr(g, "_jwt_extended_jwt_user", None)
+def _user_id(state: Any) -> str | None:
+    user = getattr(state, "_jwt_extended_jwt_user", None)
     loaded = user.get("loaded_user") if isinstance(user, dict) else None
     return str(loaded["_id"]) if loaded else None

@@ -13,14 +13,21 @@ renders in our JSON envelope; flask-limiter's after-request hook adds ``Retry-Af
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import threading
+import time
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, current_app, request
+from flask.globals import request_ctx
 from flask_jwt_extended import get_jwt_identity
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from limits.storage import MemoryStorage
 
 # Bodies of login and register are tiny; a key function never parses more than this (the view refuses
 # oversized bodies itself, with a 413).
@@ -103,7 +110,16 @@ def init_app(app: Flask) -> None:
     if app.config.get("RATELIMIT_ENABLED", True):
         # Registered before the limiter's own hook, so it runs after it (Flask runs these in reverse order).
         app.after_request(_retry_after_only_when_refused)
-        limiter.init_app(app)
+        swept = app.config.get("RATELIMIT_STORAGE_URI") == "memory://"
+        if swept:  # the default: same counters, swept by one thread rather than one per hit
+            app.config["RATELIMIT_STORAGE_URI"] = SweptMemoryStorage.URI
+        try:
+            limiter.init_app(app)
+        finally:
+            if swept:  # the app's own setting stays what it was
+                app.config["RATELIMIT_STORAGE_URI"] = "memory://"
+        _swept_fallback()
+        _only_where_limits_apply(app)
 
 
 _RETRYABLE_STATUSES = {409, 429, 503}
@@ -117,3 +133,119 @@ def _retry_after_only_when_refused(response: Response) -> Response:
     elif response.headers.get("Retry-After") == "0":
         response.headers["Retry-After"] = "1"
     return response
+
+
+# ----------------------------------------------------------------------------------- per-request cost
+
+# The attribute flask-limiter keeps on the request context once it has checked a limit for the request.
+_LIMITER_CONTEXT = "_limiter_request_context"
+
+
+def _limits_outside_views() -> bool:
+    """Whether any limit applies to requests as such, rather than to a decorated view: application-wide or
+    default limits, meta limits, or in-memory fallback limits. This service configures none."""
+    manager = limiter.limit_manager
+    return bool(manager.application_limits or manager.default_limits or getattr(limiter, "_meta_limits", True)
+                or getattr(limiter, "_in_memory_fallback", True))
+
+
+def _only_where_limits_apply(app: Flask) -> None:
+    """Keep flask-limiter's per-request hooks off the requests that have no limit to check.
+
+    flask-limiter registers a before-request check on every route (resolving and filtering limits each time)
+    and an after-request and teardown hook that look at what it checked. Our limits are all decorators on
+    views, which check themselves when the view runs, so, decided once here at start-up:
+
+    * with no application-wide, default, meta or fallback limits the before-request check has nothing to
+      evaluate on any route, and is removed (should a configuration add such limits, it stays);
+    * the after-request hook (``X-RateLimit-*``, ``Retry-After``, deductions such as failed logins), our
+      ``Retry-After`` correction and the teardown run only for requests whose view checked a limit, i.e. whose
+      request context carries flask-limiter's state; for the others they would find nothing and do nothing.
+    """
+    before = app.before_request_funcs.get(None, [])
+    if not _limits_outside_views():
+        before[:] = [hook for hook in before if hook != limiter._check_request_limit]
+    after = app.after_request_funcs.get(None, [])
+    for index, hook in enumerate(after):
+        if isinstance(hook, functools.partial) and hook.args == (limiter,):
+            # Retry-After comes from flask-limiter only on limited requests (our own handlers set it on 409,
+            # 429 and 503 answers only), so its correction runs there too, right after flask-limiter's hook.
+            after[index] = _where_limited(lambda response, inject=hook: _retry_after_only_when_refused(
+                inject(response)), lambda response: response)
+            after.remove(_retry_after_only_when_refused)
+            break
+    teardown = app.teardown_request_funcs.get(None, [])
+    for index, hook in enumerate(teardown):
+        if getattr(hook, "__self__", None) is limiter and hook.__name__.endswith("__release_context"):
+            teardown[index] = _where_limited(hook, lambda _exc=None: None)
+
+
+def _where_limited(hook: Callable[..., Any], otherwise: Callable[..., Any]) -> Callable[..., Any]:
+    def only_where_limited(arg: Any = None) -> Any:
+        if hasattr(request_ctx, _LIMITER_CONTEXT):
+            return hook(arg)
+        return otherwise(arg)
+
+    only_where_limited.__wrapped__ = hook  # type: ignore[attr-defined]
+    return only_where_limited
+
+
+SWEEP_SECONDS = 1.0
+
+
+class SweptMemoryStorage(MemoryStorage):
+    """limits' in-memory storage (``memory://``), with its expired entries swept by one long-lived thread.
+
+    The original starts a new 10 ms ``threading.Timer`` on any hit that finds the last one finished, which
+    with requests more than 10 ms apart is nearly every limited request: a thread start (and the wait for it
+    to run) on the request path. Counting and limiting are the original's, and they never depended on the
+    sweep (every read compares timestamps itself); the sweep only frees expired entries, here once a second
+    from a daemon thread that ends when the storage is gone.
+    """
+
+    STORAGE_SCHEME = ["ledger-swept-memory"]
+    URI = "ledger-swept-memory://"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._sweeper: threading.Thread | None = None
+        self._sweeper_guard = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 - replaces the parent's private method
+        sweeper = self._sweeper
+        if sweeper is not None and sweeper.is_alive():
+            return
+        with self._sweeper_guard:  # first hit of the process (or after a fork): start the sweeper once
+            if self._sweeper is None or not self._sweeper.is_alive():
+                self._sweeper = threading.Thread(target=_sweep, args=(weakref.ref(self),),
+                                                 name="ledger-ratelimit-sweeper", daemon=True)
+                self._sweeper.start()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_sweeper", None)
+        state.pop("_sweeper_guard", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.update(_sweeper=None, _sweeper_guard=threading.Lock())
+        super().__setstate__(state)
+
+
+def _swept_fallback() -> None:
+    """The in-memory storage flask-limiter falls back to while a shared storage is down, swept the same way."""
+    fallback = getattr(limiter, "_fallback_storage", None)
+    strategy = getattr(limiter, "_fallback_limiter", None)
+    if type(fallback) is MemoryStorage and strategy is not None:
+        limiter._fallback_storage = swept = SweptMemoryStorage()
+        limiter._fallback_limiter = type(strategy)(swept)
+
+
+def _sweep(storage_ref: weakref.ReferenceType[SweptMemoryStorage]) -> None:
+    while True:
+        time.sleep(SWEEP_SECONDS)
+        storage = storage_ref()
+        if storage is None:
+            return
+        storage._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+        del storage

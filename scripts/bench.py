@@ -9,10 +9,13 @@
 3. drives load with locust (as a library, headless, closed loop: ``--concurrency`` simulated clients, each
    sending its next request when the last one answered) for ``--duration`` seconds per phase:
    ``GET /health`` (the reference), transfers spread over every account, and transfers on one hot pair;
-4. prints requests/s, p50/p95/p99 latency, errors and transaction retries (from ``GET /metrics``) per phase,
-   the database commands per request (``scripts/bench_inprocess.py commands``) and, with ``--profile``, where
-   the CPU of a transfer goes (``scripts/bench_inprocess.py profile``);
-5. writes ``bench-results/<timestamp>.json`` and ``.md``.
+4. compares ``GET /health`` with bare Flask (``scripts/bench_bare.py``) served the same way, in interleaved
+   rounds (``--health-rounds``);
+5. prints requests/s, p50/p95/p99 latency, errors and transaction retries (from ``GET /metrics``) per phase,
+   the database commands per request (``scripts/bench_inprocess.py commands``), the in-process overhead table
+   against bare Flask (``scripts/bench_inprocess.py overhead``) and, with ``--profile``, where the CPU of a
+   transfer goes (``scripts/bench_inprocess.py profile``);
+6. writes ``bench-results/<timestamp>.json`` and ``.md``.
 
 Everything is bounded: each phase by time, setup by count, the server by a start-up deadline, and the server is
 stopped at the end whatever happens. Traffic goes to 127.0.0.1 only.
@@ -76,7 +79,9 @@ class Server:
     database: str | None
 
 
-def start_server(args: argparse.Namespace, log_path: Path) -> Server:
+def start_server(args: argparse.Namespace, log_path: Path, bare: bool = False) -> Server:
+    """gunicorn with the project's ``gunicorn.conf.py`` serving the service, or with ``bare`` the bare Flask app
+    of ``scripts/bench_bare.py`` in exactly the same way (same configuration, threads, access log)."""
     port = free_port()
     env = dict(os.environ)
     mongo_uri = os.environ.get("MONGO_URI") or None
@@ -105,6 +110,9 @@ def start_server(args: argparse.Namespace, log_path: Path) -> Server:
         # /metrics is per process, so the retry count is exact only with one worker (the default here).
         env["WEB_CONCURRENCY"] = str(args.workers or 1)
     command = [PYTHON, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"]
+    if bare:
+        command[-1:] = ["--pythonpath", str(ROOT / "scripts"), "bench_bare:app"]
+    ready_path = "/health" if bare else "/ready"
     log_file = log_path.open("wb")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                start_new_session=True)
@@ -114,7 +122,7 @@ def start_server(args: argparse.Namespace, log_path: Path) -> Server:
         if process.poll() is not None:
             raise SystemExit(f"the server exited during start-up (code {process.returncode}); see {log_path}")
         try:
-            if requests.get(f"{server.base_url}/ready", timeout=2).status_code == 200:
+            if requests.get(f"{server.base_url}{ready_path}", timeout=2).status_code == 200:
                 return server
         except requests.RequestException:
             pass
@@ -289,7 +297,10 @@ def percentile(ordered: list[float], pct: float) -> float | None:
 
 
 def metric_sum(base_url: str, name: str) -> float:
-    text = requests.get(f"{base_url}/metrics", timeout=30).text
+    response = requests.get(f"{base_url}/metrics", timeout=30)
+    if response.status_code != 200:  # the bare Flask app has no metrics
+        return 0.0
+    text = response.text
     pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.eE+-]+)$")
     return sum(float(match.group(1)) for line in text.splitlines() if (match := pattern.match(line)))
 
@@ -373,6 +384,56 @@ def commands_line(counts: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def compare_health(args: argparse.Namespace, server: Server, stamp: str) -> dict[str, Any]:
+    """``GET /health`` on the service against bare Flask served the same way: interleaved rounds, best kept."""
+    log("==> starting bare Flask (scripts/bench_bare.py) under gunicorn, configured as the service")
+    bare = start_server(args, args.output / f"{stamp}-bare-server.log", bare=True)
+    rounds: list[dict[str, Any]] = []
+    try:
+        for index in range(args.health_rounds):
+            for which, target in (("service", server), ("bare", bare)):
+                log(f"==> GET /health on {which}, round {index + 1}/{args.health_rounds}, {args.concurrency} clients, "
+                    f"{args.health_duration:.0f} s")
+                phase = run_phase(target.base_url, f"health-{which}", "GET /health", HealthUser, args.concurrency,
+                                  args.health_duration).summary()
+                phase["round"] = index + 1
+                rounds.append(phase)
+                log(f"    {phase['ok_per_second']} ok/s, p50 {phase['p50_ms']} ms, {phase['errors']} errors")
+    finally:
+        stop_server(bare)
+    best = {which: max((r for r in rounds if r["phase"] == f"health-{which}"), key=lambda r: r["ok_per_second"])
+            for which in ("service", "bare")}
+    ratio = best["service"]["ok_per_second"] / best["bare"]["ok_per_second"] if best["bare"]["ok_per_second"] else 0
+    return {"rounds": rounds, "best_service": best["service"], "best_bare": best["bare"],
+            "service_share_of_bare": round(ratio, 3)}
+
+
+TARGETS = {"trivial": "ours ≤ 1.3x bare", "balance": "outside engine ≤ 500 µs", "transfer": "outside engine ≤ 1,000 µs"}
+
+
+def overhead_lines(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    overhead = report.get("overhead")
+    if overhead:
+        lines += [f"Our cost per request, in-process (Flask test client, thread CPU time, best of "
+                  f"{overhead['rounds']} interleaved rounds; load average at the end {overhead['load_average']}):",
+                  "", "| request | bare Flask µs | ours µs | inside the engine µs | ours outside the engine µs | "
+                      "ratio to bare | target |", "|---|---:|---:|---:|---:|---:|---|"]
+        for row in overhead["table"]:
+            lines.append(f"| `{row['route']}` | {row['bare_us']} | {row['ours_us']} | {row['engine_us']} | "
+                         f"{row['ours_outside_engine_us']} | {row['ratio_outside_engine']}x | {TARGETS[row['case']]} |")
+        lines.append("")
+    health = report.get("health_vs_bare")
+    if health:
+        service, bare = health["best_service"], health["best_bare"]
+        lines += [f"`GET /health` under gunicorn (same `gunicorn.conf.py`, {report['config']['threads']} threads, "
+                  f"{report['config']['concurrency']} keep-alive clients, best of {len(health['rounds']) // 2} "
+                  f"interleaved rounds): service **{service['ok_per_second']}** ok/s (p50 {service['p50_ms']} ms), "
+                  f"bare Flask **{bare['ok_per_second']}** ok/s (p50 {bare['p50_ms']} ms): "
+                  f"**{health['service_share_of_bare']:.0%}** of bare Flask (target ≥ 90%).", ""]
+    return lines
+
+
 # ------------------------------------------------------------------------------------------- report
 
 
@@ -401,6 +462,7 @@ def markdown(report: dict[str, Any]) -> str:
     if report["config"]["workers"] != 1:
         lines += ["", "Transaction retries are one worker's count: `GET /metrics` is per worker process."]
     lines += ["", report["ratios"], "", report["commands_line"], ""]
+    lines += overhead_lines(report)
     profile = report.get("profile")
     if profile:
         basis = profile["basis"]
@@ -448,18 +510,30 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=0,
                         help="gunicorn workers with MONGO_URI (default 1: /metrics, and so the retry count, "
                              "is per worker process)")
-    parser.add_argument("--quick", action="store_true", help="a ~20-30 s smoke run: short phases, few users")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (~1-2 min): short phases, few users")
     parser.add_argument("--profile", action="store_true", help="also profile transfers in-process (pyinstrument)")
     parser.add_argument("--profile-transfers", type=int, default=300, help="transfers to profile (default 300)")
     parser.add_argument("--phases", default="health,spread,hot", help="comma-separated: health, spread, hot")
     parser.add_argument("--outbox-sender", choices=("auto", "on", "off"), default="auto",
                         help="run the email outbox sender in the server (auto: only with MONGO_URI)")
+    parser.add_argument("--health-rounds", type=int, default=6,
+                        help="interleaved rounds of GET /health against the service and against bare Flask served "
+                             "the same way (default 6; 0 skips the comparison)")
+    parser.add_argument("--health-duration", type=float, default=4, help="seconds per such round (default 4)")
+    parser.add_argument("--overhead-rounds", type=int, default=10,
+                        help="rounds of the in-process overhead table (default 10; 0 skips it)")
+    parser.add_argument("--overhead-scale", type=int, default=1000,
+                        help="trivial requests per overhead round; a quarter as many reads, a tenth transfers")
+    parser.add_argument("--no-commands", action="store_true",
+                        help="skip counting database commands per request at 10 / 1,000 / 10,000 prior entries")
     parser.add_argument("--keep-data", action="store_true", help="with MONGO_URI, keep the benchmark database")
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results", help="results directory")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.users, args.accounts, args.concurrency = 4, 4, 2, 8
         args.profile_transfers = min(args.profile_transfers, 100)
+        args.health_rounds, args.health_duration = min(args.health_rounds, 3), min(args.health_duration, 2)
+        args.overhead_rounds, args.overhead_scale = min(args.overhead_rounds, 3), min(args.overhead_scale, 300)
     # Bounds: everything this script does is finite and small enough for a laptop.
     args.duration = max(1.0, min(args.duration, 3600.0))
     args.users = max(1, min(args.users, 1000))
@@ -467,6 +541,10 @@ def parse_args() -> argparse.Namespace:
     args.concurrency = max(1, min(args.concurrency, 512))
     args.threads = max(1, min(args.threads, 64))
     args.profile_transfers = max(10, min(args.profile_transfers, 5000))
+    args.health_rounds = max(0, min(args.health_rounds, 20))
+    args.health_duration = max(1.0, min(args.health_duration, 600.0))
+    args.overhead_rounds = max(0, min(args.overhead_rounds, 50))
+    args.overhead_scale = max(10, min(args.overhead_scale, 100_000))
     args.phases = [name.strip() for name in args.phases.split(",") if name.strip()]
     unknown = [name for name in args.phases if name not in PHASES]
     if unknown:
@@ -514,6 +592,8 @@ def main() -> None:
             report["phases"].append(phase)
             log(f"    {phase['ok_per_second']} ok/s, p50 {phase['p50_ms']} ms, p95 {phase['p95_ms']} ms, "
                 f"p99 {phase['p99_ms']} ms, {phase['errors']} errors, {phase['transaction_retries']} retries")
+        if args.health_rounds:
+            report["health_vs_bare"] = compare_health(args, server, stamp)
         report["transfers_total"] = {
             outcome: int(metric_sum(server.base_url, f'ledger_transfers_total{{outcome="{outcome}"}}'))
             for outcome in ("completed", "rejected", "replayed", "timeout")
@@ -523,9 +603,16 @@ def main() -> None:
         if not args.keep_data:
             drop_bench_database(server)
     report["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
-    log("==> counting database commands per request at 10, 1,000 and 10,000 prior ledger entries")
-    report["commands"] = in_process(["commands", "--sizes", "10,1000,10000"], timeout=600)
+    if args.no_commands:
+        report["commands"] = None
+    else:
+        log("==> counting database commands per request at 10, 1,000 and 10,000 prior ledger entries")
+        report["commands"] = in_process(["commands", "--sizes", "10,1000,10000"], timeout=600)
     report["commands_line"] = commands_line(report["commands"])
+    if args.overhead_rounds:
+        log(f"==> in-process overhead: bare Flask against the service, {args.overhead_rounds} interleaved rounds")
+        report["overhead"] = in_process(["overhead", "--rounds", str(args.overhead_rounds),
+                                         "--scale", str(args.overhead_scale)], timeout=1800)
     if args.profile:
         log(f"==> profiling {args.profile_transfers} transfers in-process with pyinstrument")
         report["profile"] = in_process(["profile", "--transfers", str(args.profile_transfers),

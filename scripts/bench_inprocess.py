@@ -6,6 +6,9 @@ application), it prints one JSON object on stdout:
 ``commands``  Counts the commands of one transfer and one balance read at 10, 1,000 and 10,000 prior ledger
               entries on the account (history written directly, see ``tests/history.py``), through the Flask
               test client, with :class:`ledger.command_count.CommandCounter`.
+``overhead``  Bare Flask (``scripts/bench_bare.py``) against the service through the Flask test client:
+              µs of thread CPU time per request for a trivial route, a balance read and a transfer, with the
+              time inside the storage engine (``EngineClock``) subtracted.
 ``profile``   Runs transfers through the Flask test client under pyinstrument and splits the time between our
               code (``ledger/``), the storage engine (mongomock-ng and its lock), the driver and schema
               libraries, and the web framework; writes the HTML profile next to the results.
@@ -28,6 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from ledger import command_count  # noqa: E402  (import before any client exists, so pymongo reports to it)
 
@@ -121,52 +125,90 @@ TIMED_TRANSFERS = 3
 
 
 class EngineClock:
-    """Time spent inside the database's commands by this thread: the embedded engine's outermost collection
-    calls and commits (timed around mongomock-ng's methods), or MongoDB's reported command durations."""
+    """Time spent inside the database's API by this thread, measured at the app/engine boundary.
 
-    def __init__(self) -> None:
+    It wraps the methods of whatever classes the app's database hands out, found at run time from
+    ``ledger.db.get_client``/``get_db`` (the client, database, collection, cursor and session classes), so it
+    times the embedded engine, any engine that replaces it, or pymongo against MongoDB (then network waits
+    included) alike: database and collection lookups, every pymongo-shaped collection call, cursor step,
+    session start/end and transaction start/commit/abort. Only the outermost call of a thread counts
+    (engine methods that call each other are not counted twice).
+    """
+
+    COLLECTION_METHODS = (
+        "insert_one", "insert_many", "update_one", "update_many", "replace_one", "delete_one", "delete_many",
+        "find", "find_one", "find_one_and_update", "find_one_and_delete", "find_one_and_replace",
+        "count_documents", "estimated_document_count", "distinct", "aggregate", "bulk_write",
+        "create_index", "create_indexes", "drop_index", "drop_indexes", "index_information", "list_indexes",
+        "drop",
+    )
+    CURSOR_METHODS = ("__next__", "next", "to_list")
+    SESSION_METHODS = ("start_transaction", "commit_transaction", "abort_transaction", "end_session")
+    CLIENT_METHODS = ("start_session", "get_database", "__getitem__")
+    DATABASE_METHODS = ("get_collection", "__getitem__", "__getattr__")
+
+    def __init__(self, app: Any, clock: Any = time.perf_counter) -> None:
+        self.app = app
+        self.clock = clock
         self.seconds = 0.0
+        self.calls = 0
         self._depth = threading.local()
-        self._patched: list[tuple[Any, str, Any]] = []
+        self._patched: list[tuple[type, str, Any, bool]] = []
 
     def __enter__(self) -> EngineClock:
-        from mongomock_ng import collection, session
+        from ledger import db
 
-        from ledger import embedded
-
-        targets = [(collection.Collection, name) for name in embedded._COLLECTION_COMMANDS]
-        targets.append((session.ClientSession, "commit_transaction"))
-        for owner, name in targets:
-            original = getattr(owner, name)
-            self._patched.append((owner, name, original))
-            setattr(owner, name, self._timed(original))
+        with self.app.app_context():
+            client, database = db.get_client(self.app), db.get_db(self.app)
+            collection = database["engine_clock_probe"]
+            cursor = collection.find({})
+            session = client.start_session()
+            session.end_session()
+        for owner, names in ((type(collection), self.COLLECTION_METHODS), (type(cursor), self.CURSOR_METHODS),
+                             (type(session), self.SESSION_METHODS), (type(client), self.CLIENT_METHODS),
+                             (type(database), self.DATABASE_METHODS)):
+            for name in names:
+                if not hasattr(owner, name):
+                    continue
+                own = name in vars(owner)
+                original = vars(owner)[name] if own else getattr(owner, name)
+                self._patched.append((owner, name, original, own))
+                setattr(owner, name, self._timed(original))
         return self
 
     def _timed(self, method: Any) -> Any:
         clock = self
+        local = self._depth
+        now = self.clock
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            depth = getattr(clock._depth, "value", 0)
-            clock._depth.value = depth + 1
-            started = time.perf_counter()
+            depth = getattr(local, "value", 0)
+            if depth:
+                return method(*args, **kwargs)
+            local.value = 1
+            started = now()
             try:
                 return method(*args, **kwargs)
             finally:
-                clock._depth.value = depth
-                if depth == 0:
-                    clock.seconds += time.perf_counter() - started
+                clock.seconds += now() - started
+                clock.calls += 1
+                local.value = 0
 
         return timed
 
     def __exit__(self, *exc_info: object) -> None:
-        for owner, name, original in reversed(self._patched):
-            setattr(owner, name, original)
+        for owner, name, original, own in reversed(self._patched):
+            if own:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)
+        self._patched.clear()
 
 
-def _split(action: Any, transfers: int) -> dict[str, float]:
+def _split(app: Any, action: Any, transfers: int) -> dict[str, float]:
     """Milliseconds per transfer in all, and inside the storage engine's commands (embedded engine only)."""
     started = time.perf_counter()
-    with EngineClock() as clock:
+    with EngineClock(app) as clock:
         action()
     total = (time.perf_counter() - started) * 1000 / transfers
     if os.environ.get("MONGO_URI"):  # the clock times the embedded engine only; MongoDB's time is in the total
@@ -202,10 +244,105 @@ def count_commands(sizes: list[int]) -> dict[str, Any]:
             result["balance_at"][size] = _counted(app, lambda: api.call(
                 "GET", f"/api/accounts/balance/{busy}?at=2026-01-01T00:00:00Z", token, expected=200))
             result["transfer"][size]["ms_per_transfer"] = _split(
-                lambda: [api.transfer(token, busy, recipient) for _ in range(TIMED_TRANSFERS)], TIMED_TRANSFERS)
+                app, lambda: [api.transfer(token, busy, recipient) for _ in range(TIMED_TRANSFERS)], TIMED_TRANSFERS)
         return result
     finally:
         drop(app)
+
+
+# ---------------------------------------------------------------------------------------- overhead
+
+
+def build_bare_app() -> Any:
+    from bench_bare import build_bare_app as build
+
+    return build()
+
+
+OVERHEAD_CASES = (
+    ("trivial", "GET /health"),
+    ("balance", "GET /api/accounts/balance/:id"),
+    ("transfer", "POST /api/transactions"),
+)
+
+
+def overhead(rounds: int, scale: int) -> dict[str, Any]:
+    """Microseconds per request, bare Flask against ours, through the Flask test client (same process, same
+    run, rounds interleaved): bare Flask's best round, and of ours the round with the least time outside the
+    storage engine, in all, inside the engine (``EngineClock``) and outside it. ``scale`` requests of the
+    trivial route per round, a quarter as many reads, a tenth as many transfers.
+
+    Times are this thread's CPU time (``time.thread_time``), which other processes on a shared machine
+    disturb far less than wall time; on the embedded engine a request is CPU work throughout (no I/O).
+    """
+    app = build_app()
+    try:
+        api = InProcessApi(app)
+        token = api.user()
+        source, target = api.account(token, 1_000_000_000), api.account(api.user())
+        bare = build_bare_app()
+        clients = {"ours": app.test_client(use_cookies=False), "bare": bare.test_client(use_cookies=False)}
+        auth = {"Authorization": f"Bearer {token}"}
+        counts = {"trivial": scale, "balance": max(1, scale // 4), "transfer": max(1, scale // 10)}
+
+        def fresh_history() -> None:
+            # Every transfer batch starts from the same small database: the embedded engine scans whole
+            # collections, and its growing scans would both add engine time and evict the CPU caches the code
+            # outside it runs from, so the figure outside the engine would grow round over round.
+            from ledger import db
+
+            with app.app_context():
+                for name in ("transactions", "ledgers", "notifications"):
+                    db.get_db(app)[name].delete_many({})
+
+        def requests_for(case: str, count: int) -> list[tuple[str, str, dict[str, str], Any]]:
+            if case == "trivial":
+                return [("GET", "/health", {}, None)] * count
+            if case == "balance":
+                return [("GET", f"/api/accounts/balance/{source}", auth, None)] * count
+            return [("POST", "/api/transactions", auth, {"fromAccount": source, "toAccount": target, "amount": 1,
+                                                         "idempotencyKey": uuid.uuid4().hex})
+                    for _ in range(count)]
+
+        def run(which: str, case: str, count: int) -> tuple[float, float]:
+            client = clients[which]
+            batch = requests_for(case, count)
+            if which == "ours" and case == "transfer":
+                fresh_history()
+            statuses = set()
+            with EngineClock(app, time.thread_time) as clock:
+                started = time.thread_time()
+                for method, path, headers, body in batch:
+                    statuses.add(client.open(path, method=method, headers=headers, json=body).status_code)
+                elapsed = time.thread_time() - started
+            if statuses != {200}:
+                raise RuntimeError(f"{which} {case}: answered {sorted(statuses)}")
+            engine = clock.seconds if which == "ours" else 0.0
+            return elapsed * 1e6 / count, engine * 1e6 / count
+
+        for case in counts:  # warm up: first-request work (imports, caches) is not per-request work
+            run("bare", case, 20)
+            run("ours", case, 20)
+        best: dict[str, dict[str, float]] = {case: {} for case in counts}
+        for _ in range(rounds):
+            for case, count in counts.items():
+                bare_us, _ = run("bare", case, count)
+                ours_us, engine_us = run("ours", case, count)
+                kept = best[case]
+                kept["bare"] = min(bare_us, kept.get("bare", bare_us))
+                if ours_us - engine_us <= kept.get("outside", ours_us - engine_us):
+                    # ours: the round with the least time outside the engine, its three figures together
+                    kept.update(ours=ours_us, engine=engine_us, outside=ours_us - engine_us)
+    finally:
+        drop(app)
+    table = []
+    for case, route in OVERHEAD_CASES:
+        b = best[case]
+        table.append({"case": case, "route": route, "requests_per_round": counts[case], "bare_us": round(b["bare"], 1),
+                      "ours_us": round(b["ours"], 1), "engine_us": round(b["engine"], 1),
+                      "ours_outside_engine_us": round(b["outside"], 1),
+                      "ratio_outside_engine": round(b["outside"] / b["bare"], 2)})
+    return {"rounds": rounds, "load_average": [round(x, 2) for x in os.getloadavg()], "table": table}
 
 
 # ------------------------------------------------------------------------------------------- profile
@@ -323,6 +460,9 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     commands = sub.add_parser("commands")
     commands.add_argument("--sizes", default="10,1000,10000")
+    over = sub.add_parser("overhead")
+    over.add_argument("--rounds", type=int, default=10)
+    over.add_argument("--scale", type=int, default=1000)
     profile = sub.add_parser("profile")
     profile.add_argument("--transfers", type=int, default=300)
     profile.add_argument("--out", type=Path, default=ROOT / "bench-results")
@@ -330,6 +470,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "commands":
         result = count_commands([int(size) for size in args.sizes.split(",")])
+    elif args.what == "overhead":
+        result = overhead(max(1, min(args.rounds, 50)), max(10, min(args.scale, 100_000)))
     else:
         result = profile_transfers(max(1, min(args.transfers, 100_000)), args.out, args.label)
     sys.stdout.write(json.dumps(result) + "\n")

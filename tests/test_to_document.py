@@ -14,6 +14,8 @@ from typing import Any
 import mongoengine as me
 import pytest
 from bson import Int64, ObjectId
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ledger import models
 from ledger.models import (
@@ -119,3 +121,76 @@ def test_invalid_fields_raise_exactly_what_mongoengine_raises(model: type, field
     with pytest.raises(type(reference.value)) as raised:
         to_document(model, **given)
     assert str(raised.value) == str(reference.value)
+
+
+# ------------------------------------------------------------------------ generated: fast path == mongoengine
+
+
+class _Text(str):
+    """A str subclass: mongoengine accepts it; the compiled checks must leave it to the field."""
+
+
+def _values_for(field: me.fields.BaseField) -> st.SearchStrategy[Any]:
+    leaves = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
+                       st.text(max_size=5), st.builds(_Text, st.text(max_size=3)))
+    anything = st.one_of(
+        leaves,
+        st.integers(-3, 3),
+        st.builds(Int64, st.integers(-(2**63), 2**63 - 1)),
+        st.text(max_size=300),
+        st.text(alphabet="0123456789abcdef", min_size=24, max_size=24),  # an ObjectId as text
+        st.builds(ObjectId),
+        st.datetimes(timezones=st.just(UTC)),
+        st.datetimes(),
+        st.dictionaries(st.one_of(st.text(max_size=4), st.sampled_from(["$set", "a.b", "ok"]), st.integers(0, 2)),
+                        st.one_of(leaves, st.dictionaries(st.text(max_size=3), leaves, max_size=2)), max_size=4),
+        st.lists(leaves, max_size=3),
+        st.binary(max_size=4),
+    )
+    # Mostly the field's own kind of value (so whole documents are often valid), now and then anything.
+    return st.integers(0, 9).flatmap(lambda roll: _typical(field) if roll < 8 else anything)
+
+
+def _typical(field: me.fields.BaseField) -> st.SearchStrategy[Any]:
+    """Values of the field's own type, near and across its bounds: what the services pass."""
+    if field.choices:
+        return st.sampled_from(list(field.choices))
+    if isinstance(field, me.StringField):
+        low, high = field.min_length or 0, field.max_length or 40
+        return st.text(min_size=max(0, low - 1), max_size=min(high + 1, 300))
+    if isinstance(field, me.IntField):
+        low = field.min_value if field.min_value is not None else -5
+        return st.integers(low - 2, low + 10**15)
+    if isinstance(field, me.DictField):
+        return st.dictionaries(st.text(max_size=6), st.one_of(st.text(max_size=6), st.integers(), st.none()),
+                               max_size=6)
+    return {me.ObjectIdField: st.builds(ObjectId), me.BooleanField: st.booleans(),
+            me.DateTimeField: st.datetimes(timezones=st.just(UTC))}.get(type(field), st.none())
+
+
+@st.composite
+def _model_and_fields(draw: st.DrawFn) -> tuple[type, dict[str, Any]]:
+    model = draw(st.sampled_from(list(models.ALL_MODELS)))
+    fields: dict[str, Any] = {"id": draw(st.one_of(st.builds(ObjectId), _values_for(model._fields["id"])))}
+    for name in model._fields_ordered:
+        if name != "id" and draw(st.integers(0, 9)) > 0:  # now and then leave a field out
+            fields[name] = draw(_values_for(model._fields[name]))
+    return model, fields
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_model_and_fields())
+def test_generated_fields_the_fast_path_accepts_are_stored_exactly_as_mongoengine_stores_them(
+        case: tuple[type, dict[str, Any]]) -> None:
+    model, fields = case
+    try:
+        reference = _validated_by_instance(model, dict(fields))
+    except Exception:  # noqa: BLE001 - whatever mongoengine refuses, and however, the fast path must refuse
+        reference = None
+
+    fast = models._validated_fast(model, dict(fields))
+
+    if reference is None:
+        assert fast is None
+    elif fast is not None:  # None only sends valid input through mongoengine itself, which is always allowed
+        assert _typed(fast) == _typed(reference)

@@ -1,0 +1,65 @@
+"""Parse each bearer token once per process, not four times per request.
+
+flask-jwt-extended hands every request's token to PyJWT four times (the unverified claims, the unverified
+header twice, then the verified decode), and PyJWT's compact-form parser (``PyJWS._load``: split the three
+segments, check and decode their base64url character by character, read the header's JSON) is the largest
+part of authenticating a request outside the database. The parse is a pure function of the token's bytes,
+so :func:`install` memoises it: a bounded LRU of recently seen tokens.
+
+Nothing about verification changes. Only successful parses are remembered (a malformed token is parsed, and
+refused with PyJWT's own error, every time); the signature is checked, and ``exp``/``nbf``/``iat`` are
+validated against the clock, on every decode exactly as before, since those happen after the parse. Each
+caller gets its own copy of the header dict. Tokens longer than :data:`MAX_TOKEN_BYTES` are not remembered.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+from jwt.api_jws import PyJWS
+
+MAX_TOKEN_BYTES = 4096
+CACHE_SIZE = 512  # tokens; at most CACHE_SIZE * MAX_TOKEN_BYTES of parsed segments
+
+_installed = False
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _copied(header: dict[str, Any]) -> dict[str, Any]:
+    if all(type(value) in _SCALARS for value in header.values()):
+        return dict(header)
+    return copy.deepcopy(header)
+
+
+def install() -> None:
+    """Memoise ``PyJWS._load`` once per process (idempotent; leaves PyJWT alone if it has no such method)."""
+    global _installed
+    original = PyJWS.__dict__.get("_load")
+    if _installed or original is None:
+        return
+
+    @functools.lru_cache(maxsize=CACHE_SIZE)
+    def parsed(parser: PyJWS, token: bytes) -> tuple[bytes, bytes, dict[str, Any], bytes]:
+        return original(parser, token)
+
+    @functools.wraps(original)
+    def _load(self: PyJWS, jwt: str | bytes) -> tuple[bytes, bytes, dict[str, Any], bytes]:
+        if isinstance(jwt, str):
+            try:
+                token = jwt.encode("utf-8")
+            except UnicodeEncodeError:
+                return original(self, jwt)  # refused by the original, with its own error
+        elif isinstance(jwt, bytes):
+            token = jwt
+        else:
+            return original(self, jwt)
+        if len(token) > MAX_TOKEN_BYTES:
+            return original(self, token)
+        payload, signing_input, header, signature = parsed(self, token)
+        return payload, signing_input, _copied(header), signature
+
+    _load.__ledger_memoised__ = parsed  # type: ignore[attr-defined]
+    PyJWS._load = _load  # type: ignore[method-assign]
+    _installed = True

@@ -1,0 +1,304 @@
+"""The per-request shortcuts behave exactly like what they replace (issue 13: our cost per request).
+
+Speed itself is measured by ``scripts/bench`` (the in-process overhead table), never here; these tests hold
+each shortcut to the behaviour of the code it stands in for: date text, rate-limit hooks, the in-memory
+limit storage, the access line and the request metrics.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from flask import Flask, g
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger import metrics, ratelimit
+from ledger.jsonio import iso_utc
+from tests.conftest import Api, drop_database, make_app, unique_email
+
+
+def _iso_utc_by_strftime(value: datetime) -> str:
+    """The formula ``iso_utc`` used before: the reference its faster form must match character for character."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+_OFFSETS = st.one_of(st.none(), st.just(UTC), st.builds(
+    lambda minutes: timezone(timedelta(minutes=minutes)), st.integers(-23 * 60 - 59, 23 * 60 + 59)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_OFFSETS))
+def test_iso_utc_writes_exactly_what_the_strftime_formula_wrote(value: datetime) -> None:
+    assert iso_utc(value) == _iso_utc_by_strftime(value)
+
+
+# ------------------------------------------------------------------------------------------ rate limits
+
+
+@pytest.fixture
+def limited_app() -> Iterator[Flask]:
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="3 per minute", RATELIMIT_LOGIN_PER_ADDRESS="50 per minute",
+                   RATELIMIT_TRANSFER="50 per minute")
+    yield app
+    drop_database(app)
+
+
+def test_no_limiter_hook_runs_before_any_view_when_no_app_wide_or_default_limit_is_configured(
+        limited_app: Flask) -> None:
+    hooks = limited_app.before_request_funcs.get(None, [])
+
+    assert ratelimit.limiter._check_request_limit not in hooks
+    assert not ratelimit._limits_outside_views()
+
+
+def test_a_route_without_limits_leaves_no_limiter_state_and_no_limit_headers(limited_app: Flask) -> None:
+    seen: list[bool] = []
+
+    @limited_app.teardown_request
+    def _record(_exc: BaseException | None) -> None:
+        from flask.globals import request_ctx
+
+        seen.append(hasattr(request_ctx, ratelimit._LIMITER_CONTEXT))
+
+    client = limited_app.test_client()
+    unlimited = [client.get("/health"), client.get("/api/nowhere"), client.get("/api/accounts")]
+    limited = client.post("/api/auth/login", json={"email": unique_email(), "password": "wrong-password"})
+
+    for response in unlimited:
+        assert not any(name.startswith("X-RateLimit") for name, _value in response.headers)
+        assert "Retry-After" not in response.headers
+    assert limited.status_code == 401
+    assert limited.headers["X-RateLimit-Limit"] in {"3", "50"}
+    assert seen == [False, False, False, True]
+
+
+def test_failed_logins_still_count_per_email_through_the_limited_hooks(limited_app: Flask) -> None:
+    api = Api(limited_app.test_client())
+    email = unique_email()
+    api.register(email=email, password="right-password")
+    statuses = []
+    for attempt in range(6):  # successes in between never count; after 3 failures the email is locked
+        password = "right-password" if attempt % 2 else "wrong-password"
+        statuses.append(api.login(email, password).status_code)
+
+    assert statuses == [401, 200, 401, 200, 401, 429]
+
+
+def test_the_default_memory_storage_is_the_swept_one_and_starts_one_thread_however_many_hits(
+        limited_app: Flask) -> None:
+    storage = ratelimit.limiter._storage
+    assert isinstance(storage, ratelimit.SweptMemoryStorage)
+    assert limited_app.config["RATELIMIT_STORAGE_URI"] == "memory://"  # the app's setting is left as it was
+    client = limited_app.test_client()
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def counting_start(thread: threading.Thread) -> None:
+        started.append(thread)
+        real_start(thread)
+
+    threading.Thread.start = counting_start  # type: ignore[method-assign]
+    try:
+        for _ in range(12):
+            client.post("/api/auth/login", json={"email": unique_email(), "password": "wrong-password"})
+            time.sleep(0.015)  # longer than the 10 ms after which the original storage started a new Timer
+    finally:
+        threading.Thread.start = real_start  # type: ignore[method-assign]
+
+    assert [thread.name for thread in started if thread.name != "ledger-ratelimit-sweeper"] == []
+    assert len(started) <= 1
+
+
+def test_the_sweeper_frees_expired_entries_and_ends_with_its_storage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ratelimit, "SWEEP_SECONDS", 0.02)
+    storage = ratelimit.SweptMemoryStorage()
+    assert storage.acquire_entry("moving", 5, 1)
+    assert storage.incr("fixed", 1) == 1
+    sweeper = storage._sweeper
+    assert sweeper is not None
+    assert sweeper.is_alive()
+
+    deadline = time.monotonic() + 10
+    while (storage.events.get("moving") or "fixed" in storage.storage) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not storage.events.get("moving")
+    assert "fixed" not in storage.storage
+
+    del storage
+    gc.collect()
+    sweeper.join(timeout=5)
+    assert not sweeper.is_alive()
+
+
+# ----------------------------------------------------------------------------------- access line, metrics
+
+
+def test_request_metrics_count_every_request_in_its_own_series(app: Flask) -> None:
+    client = app.test_client()
+
+    def count(status: str) -> float:
+        return metrics.REGISTRY.get_sample_value(
+            "ledger_http_requests_total", {"method": "GET", "route": "/health", "status": status}) or 0.0
+
+    def observed() -> float:
+        return metrics.REGISTRY.get_sample_value(
+            "ledger_http_request_duration_seconds_count", {"method": "GET", "route": "/health"}) or 0.0
+
+    before, before_observed = count("200"), observed()
+    for _ in range(7):
+        client.get("/health")
+    assert count("200") - before == 7
+    assert observed() - before_observed == 7
+    assert client.get("/nowhere").status_code == 404
+    assert (metrics.REGISTRY.get_sample_value(
+        "ledger_http_requests_total", {"method": "GET", "route": "<unmatched>", "status": "404"}) or 0) >= 1
+
+
+def test_the_access_record_is_an_info_record_of_ledger_access_with_its_fields(app: Flask) -> None:
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(level=logging.DEBUG)
+    logger = logging.getLogger("ledger.access")
+    logger.addHandler(handler)
+    try:
+        with app.test_request_context():
+            g.request_id = "outside"
+        app.test_client().get("/health", headers={"X-Request-ID": "req-access-1"})
+    finally:
+        logger.removeHandler(handler)
+
+    (record,) = records
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == "GET /health 200"
+    assert (record.method, record.route, record.path, record.status, record.userId) == (
+        "GET", "/health", "/health", 200, None)
+    assert isinstance(record.durationMs, float)
+    assert record.durationMs >= 0
+
+
+def test_the_access_line_written_directly_is_the_line_the_formatter_writes_for_the_record(
+        app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import json
+    import logging
+
+    from ledger import observability
+
+    root = logging.getLogger()
+    (handler,) = [h for h in root.handlers if getattr(h, "_ledger_handler", False)]
+    monkeypatch.setattr(root, "handlers", [handler])  # as deployed: pytest's capturing handlers set aside
+    stream = io.StringIO()
+    previous = handler.setStream(stream)
+    handled: list[logging.LogRecord] = []
+    real_handle = observability.access_log.handle
+    monkeypatch.setattr(observability.access_log, "handle", lambda record: (handled.append(record),
+                                                                           real_handle(record)))
+    client = app.test_client()
+    try:
+        client.get("/api/nowhere?x=1", headers={"X-Request-ID": "direct-1"})
+        direct = stream.getvalue()
+        assert handled == []  # written without a record
+        observability.access_log.addHandler(logging.NullHandler())  # another handler: the record path
+        try:
+            client.get("/api/nowhere?x=1", headers={"X-Request-ID": "direct-1"})
+        finally:
+            observability.access_log.handlers.clear()
+        via_record = stream.getvalue()[len(direct):]
+    finally:
+        handler.setStream(previous)
+
+    assert len(handled) == 1
+    lines = [json.loads(text) for text in (direct, via_record)]
+    assert direct.endswith("\n")
+    assert via_record.endswith("\n")
+    for line in lines:
+        line.pop("durationMs")
+        assert line.pop("time").endswith("Z")
+    assert list(lines[0]) == list(lines[1])
+    assert lines[0] == lines[1] == {
+        "level": "INFO", "logger": "ledger.access", "message": "GET <unmatched> 404", "requestId": "direct-1",
+        "method": "GET", "route": "<unmatched>", "path": "/api/nowhere", "status": 404, "userId": None}
+
+
+# ------------------------------------------------------------------------------------------ token parsing
+
+
+def _jwt_parsers():
+    import jwt
+    from jwt.api_jws import PyJWS
+
+    from ledger import jwt_parse
+
+    jwt_parse.install()
+    memoised = PyJWS._load
+    return jwt, PyJWS(), memoised, memoised.__wrapped__
+
+
+RIGHT_SECRET = "right-secret-" + "r" * 40
+WRONG_SECRET = "wrong-secret-" + "w" * 40
+_TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=.!+/ \u00e9"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.text(alphabet=_TOKEN_CHARS, max_size=120),
+    st.builds(lambda parts: ".".join(parts), st.lists(st.text(alphabet=_TOKEN_CHARS[:64], max_size=40),
+                                                       min_size=1, max_size=4)),
+    st.binary(max_size=60),
+    st.sampled_from(["\ud800.a.b", "e30.e30.", "eyJhbGciOiJIUzI1NiJ9.e30.", "eyJiNjQiOmZhbHNlfQ..c2ln"]),
+))
+def test_a_memoised_parse_answers_exactly_what_pyjwts_parse_answers(token: str | bytes) -> None:
+    _, parser, memoised, original = _jwt_parsers()
+    outcomes = []
+    for parse in (original, memoised, memoised):  # the second memoised call is served from the cache
+        try:
+            outcomes.append(("ok", parse(parser, token)))
+        except Exception as exc:  # noqa: BLE001 - the very same refusal is what is compared
+            outcomes.append(("error", type(exc), str(exc)))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+
+
+def test_signature_and_expiry_are_still_checked_on_every_decode_of_a_remembered_token() -> None:
+    jwt, parser, memoised, _ = _jwt_parsers()
+    now = int(time.time())
+    token = jwt.encode({"userId": "u", "iat": now, "exp": now + 60}, RIGHT_SECRET, algorithm="HS256")
+    expired = jwt.encode({"userId": "u", "iat": now - 120, "exp": now - 60}, RIGHT_SECRET, algorithm="HS256")
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+
+    for _ in range(3):
+        assert jwt.decode(token, RIGHT_SECRET, algorithms=["HS256"])["userId"] == "u"
+        with pytest.raises(jwt.InvalidSignatureError):
+            jwt.decode(token, WRONG_SECRET, algorithms=["HS256"])
+        with pytest.raises(jwt.ExpiredSignatureError):
+            jwt.decode(expired, RIGHT_SECRET, algorithms=["HS256"])
+        with pytest.raises(jwt.InvalidSignatureError):
+            jwt.decode(tampered, RIGHT_SECRET, algorithms=["HS256"])
+    first, second = memoised(parser, token)[2], memoised(parser, token)[2]
+    first["alg"] = "none"
+    assert second["alg"] == "HS256"  # every caller gets a header of its own
+    assert memoised(parser, token)[2]["alg"] == "HS256"
+
+
+def test_a_revoked_or_altered_token_is_refused_after_it_was_used(api: Api) -> None:
+    _, token = api.user()
+    assert api.request("GET", "/api/accounts", token).status_code == 200
+    altered = token[:-3] + ("abc" if not token.endswith("abc") else "xyz")
+
+    assert api.request("GET", "/api/accounts", altered).status_code == 401
+    assert api.request("POST", "/api/auth/logout", token).status_code == 200
+    assert api.request("GET", "/api/accounts", token).status_code == 401

@@ -329,7 +329,10 @@ def stop_background_sender(app: Flask) -> None:
 def send_emails(once: bool, poll_seconds: float | None) -> None:
     """Deliver the email outbox: once, or in a loop until SIGINT/SIGTERM."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    if db.is_embedded(app):
+    refusal = db.write_refusal(app)
+    if refusal:  # sending marks messages sent: a write
+        raise click.ClickException(refusal)
+    if db.is_embedded(app) and app.config.get("LEDGER_DATA_DIR", ":memory:") == ":memory:":
         click.echo("warning: MONGO_URI is not set; this process has its own empty embedded database, "
                    "so only mail queued by this process can be sent", err=True)
     if once:

@@ -275,6 +275,23 @@ def engine_figures(sizes: list[int], data_dir: str, transfers: int) -> dict[str,
     return result
 
 
+def seed_folder(data_dir: str, transfers: int) -> dict[str, Any]:
+    """Leave ``transfers`` completed transfers in the embedded engine's folder ``data_dir`` (for the server)."""
+    from ledger import db, embedded
+    from tests.history import seed_history
+
+    app = build_app(data_dir)
+    api = InProcessApi(app)
+    token = api.user()
+    first, second = api.account(token, 1_000_000), api.account(token)
+    started = time.perf_counter()
+    seed_history(app, first, second, transfers)
+    seconds = time.perf_counter() - started
+    db.reset_client()
+    embedded.close_engine(data_dir)
+    return {"data_dir": data_dir, "transfers": transfers, "seconds": round(seconds, 1)}
+
+
 # ------------------------------------------------------------------------------------------- profile
 
 CATEGORIES = (
@@ -394,6 +411,9 @@ def main() -> None:
     engine.add_argument("--sizes", default="10,1000,10000,100000")
     engine.add_argument("--transfers", type=int, default=50)
     engine.add_argument("--data-dir", default=None, help="a folder (default: a fresh temporary one) or :memory:")
+    seed = sub.add_parser("seed")
+    seed.add_argument("--data-dir", required=True)
+    seed.add_argument("--transfers", type=int, default=100_000)
     profile = sub.add_parser("profile")
     profile.add_argument("--transfers", type=int, default=300)
     profile.add_argument("--out", type=Path, default=ROOT / "bench-results")
@@ -401,6 +421,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "commands":
         result = count_commands([int(size) for size in args.sizes.split(",")])
+    elif args.what == "seed":
+        result = seed_folder(args.data_dir, max(1, min(args.transfers, 1_000_000)))
     elif args.what == "engine":
         import tempfile
 

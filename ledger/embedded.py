@@ -241,8 +241,9 @@ class Engine:
             for doc_id in doc_ids:
                 ids.pop(doc_id, None)
 
-    def flush(self) -> int | None:
-        """Journal the current state of everything written since the last flush; return the fsync ticket."""
+    def flush(self) -> tuple[journal_module.Journal, int] | None:
+        """Journal the current state of everything written since the last flush; return what to wait on (the
+        journal it went to, which a compaction may since have replaced, and the fsync ticket)."""
         if not self._dirty and not self._meta_dirty:
             return None
         if self.journal is None:
@@ -266,14 +267,17 @@ class Engine:
         self._meta_dirty.clear()
         if not operations:
             return None
-        ticket = self.journal.append(pickle.dumps(operations, protocol=pickle.HIGHEST_PROTOCOL))
-        if self.journal.size > max(journal_module.COMPACT_MIN_BYTES, 2 * self.snapshot_size):
-            self.compact()
-        return ticket
+        journal = self.journal
+        ticket = journal.append(pickle.dumps(operations, protocol=pickle.HIGHEST_PROTOCOL))
+        if journal.size > max(journal_module.COMPACT_MIN_BYTES, 2 * self.snapshot_size):
+            self.compact()  # syncs this journal first, so the ticket is durable when it returns
+        return journal, ticket
 
-    def wait(self, ticket: int | None) -> None:
-        if ticket is not None and self.journal is not None:
-            self.journal.wait(ticket)
+    @staticmethod
+    def wait(ticket: tuple[journal_module.Journal, int] | None) -> None:
+        if ticket is not None:
+            journal, position = ticket
+            journal.wait(position)
 
     def compact(self) -> None:
         """Write a snapshot of everything and start an empty journal (under ENGINE_LOCK, no transaction open)."""

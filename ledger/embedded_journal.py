@@ -129,6 +129,19 @@ def acquire_lock(path: str) -> int | None:
     return fd
 
 
+def _usable_folder(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise FolderLocked(f"cannot start: the data folder {os.path.abspath(path)} is not writable ({exc.strerror}); "
+                           f"set LEDGER_DATA_DIR to a writable folder (a volume in a container), or to :memory: "
+                           f"to keep nothing") from exc
+
+
 def lock_for_server(path: str) -> int:
     """Take the folder's lock for a server about to start (a gunicorn master), or raise naming the holder.
 
@@ -136,6 +149,7 @@ def lock_for_server(path: str) -> int:
     forks own the folder through it, and the lock lives exactly as long as the master (or, after a kill -9 of
     the master alone, its last worker).
     """
+    _usable_folder(path)
     fd = acquire_lock(path)
     if fd is None:
         raise FolderLocked(f"cannot start: {owned_message(path)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 
 import mongomock_ng
 import pytest
@@ -144,3 +145,26 @@ def test_a_second_opener_gets_a_read_only_view_and_its_writes_are_refused(folder
     assert _collection(viewer).find_one({"_id": 1})["v"] == 1  # the refused update changed nothing
     with pytest.raises(journal.FolderLocked, match=f"pid {os.getpid()}"):
         journal.lock_for_server(folder)
+
+
+def test_a_commit_that_triggers_compaction_is_acknowledged(folder, monkeypatch):
+    # Every flush compacts: the commit waits on the journal it was written to, which compaction synced and
+    # replaced; it must return, not wait for a flush of the new journal that may never come.
+    monkeypatch.setattr(journal, "COMPACT_MIN_BYTES", 1)
+    client = embedded.create_client(folder)
+    done = threading.Event()
+
+    def write() -> None:
+        things = _collection(client)
+        things.insert_one({"_id": "a"})
+        with client.start_session() as session:
+            session.start_transaction()
+            things.insert_one({"_id": "b"}, session=session)
+            session.commit_transaction()
+        done.set()
+
+    worker = threading.Thread(target=write, daemon=True)
+    worker.start()
+    assert done.wait(20), "a write whose flush compacted never returned"
+    assert embedded.engine_of(client).generation >= 1
+    assert [doc["_id"] for doc in _collection(_restart(folder)).find({})] == ["a", "b"]

@@ -113,7 +113,8 @@ class Index:
         values = []
         has_array = False
         for field in self.fields:
-            value = helpers.get_value_by_dot(document, field)
+            value = (document.get(field, NOTHING) if "." not in field
+                     else helpers.get_value_by_dot(document, field))
             if value is NOTHING:
                 if self.sparse:
                     return None
@@ -459,6 +460,13 @@ class IndexedCollectionStore(_store_module.CollectionStore):
             bucket = mapping.get(tuple(_hashable(v) for v in combo))
             if bucket:
                 result.update(bucket)
+        if best_length < len(best.fields):
+            # A range on the index's next key (the outbox claim: status, then nextAttemptAt <= now) leaves out
+            # the documents whose key is outside it, from the index entries alone.
+            ranges = _range_conditions(spec.get(best.fields[best_length]))
+            if ranges:
+                by_id = best.by_id
+                return [doc_id for doc_id in result if _may_satisfy(by_id.get(doc_id), best_length, ranges)]
         return list(result)
 
     def find_duplicate(self, document: dict) -> Index | None:
@@ -559,6 +567,45 @@ def _lookup_values(condition: Any) -> list | None:
             value = _naive_utc(value)
         result.append(value)
     return result
+
+
+_RANGE_OPERATORS = {
+    "$gt": lambda value, bound: value > bound,
+    "$gte": lambda value, bound: value >= bound,
+    "$lt": lambda value, bound: value < bound,
+    "$lte": lambda value, bound: value <= bound,
+}
+
+
+def _comparable_class(value: Any) -> type | None:
+    if isinstance(value, datetime.datetime):
+        return datetime.datetime
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:  # NaN aside
+        return float
+    return None
+
+
+def _range_conditions(condition: Any) -> list | None:
+    """[(test, bound)] for a condition made only of $gt/$gte/$lt/$lte on dates, or only on numbers."""
+    if not isinstance(condition, dict) or not condition or not set(condition) <= set(_RANGE_OPERATORS):
+        return None
+    classes = {_comparable_class(bound) for bound in condition.values()}
+    if len(classes) != 1 or None in classes:
+        return None
+    return [(_RANGE_OPERATORS[operator], _naive_utc(bound) if isinstance(bound, datetime.datetime) else bound)
+            for operator, bound in condition.items()]
+
+
+def _may_satisfy(entries: tuple | None, position: int, ranges: list) -> bool:
+    """False only when the document surely fails the range: one index entry (no array: each bound could be met
+    by a different element), whose value is of the bounds' type and outside them."""
+    if entries is None or len(entries) != 1:
+        return True
+    value = entries[0][position]
+    bound_class = _comparable_class(ranges[0][1])
+    if _comparable_class(value) is not bound_class:
+        return True
+    return all(test(value, bound) for test, bound in ranges)
 
 
 class EngineDatabaseStore(_store_module.DatabaseStore):

@@ -48,6 +48,7 @@ def _conditions() -> st.SearchStrategy:
         st.lists(values, min_size=1, max_size=3).map(lambda vs: {"$in": vs}),
         values.map(lambda v: {"$ne": v}),
         st.integers(min_value=-3, max_value=3).map(lambda v: {"$gte": v}),
+        st.dictionaries(st.sampled_from(["$gt", "$gte", "$lt", "$lte"]), values, min_size=1, max_size=2),
         st.lists(values, max_size=2),  # whole-array equality
     )
 

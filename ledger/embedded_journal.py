@@ -276,15 +276,17 @@ def write_snapshot(path: str, generation: int, collections: Iterator[tuple]) -> 
     temporary = final + ".tmp"
     with open(temporary, "wb") as handle:
         handle.write(_SNAPSHOT_MAGIC)
-        pickler = pickle.Pickler(handle, protocol=pickle.HIGHEST_PROTOCOL)
-        pickler.dump({"generation": generation})
+
+        def dump(item: Any) -> None:  # one self-contained pickle per item (no memo shared between items)
+            pickle.dump(item, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+        dump({"generation": generation})
         for database, name, indexes, options, created, documents in collections:
-            pickler.dump(("collection", database, name, indexes, options, created, len(documents)))
+            dump(("collection", database, name, indexes, options, created, len(documents)))
             items = list(documents.items())
             for start in range(0, len(items), 5000):
-                pickler.dump(items[start:start + 5000])
-                pickler.clear_memo()
-        pickler.dump(("end",))
+                dump(items[start:start + 5000])
+        dump(("end",))
         handle.flush()
         os.fsync(handle.fileno())
         size = handle.tell()
@@ -303,17 +305,19 @@ def read_snapshot(path: str) -> tuple[int, list[tuple]]:
     with handle:
         if handle.read(len(_SNAPSHOT_MAGIC)) != _SNAPSHOT_MAGIC:
             raise RuntimeError(f"{final} is not a ledger snapshot")
-        unpickler = pickle.Unpickler(handle)  # noqa: S301 - our own folder, see the module docstring
-        header = unpickler.load()
+        def load() -> Any:
+            return pickle.load(handle)  # noqa: S301 - our own folder, see the module docstring
+
+        header = load()
         result = []
         while True:
-            item = unpickler.load()
+            item = load()
             if item[0] == "end":
                 break
             _kind, database, name, indexes, options, created, count = item
             documents: list = []
             while len(documents) < count:
-                documents.extend(unpickler.load())
+                documents.extend(load())
             result.append((database, name, indexes, options, created, documents))
     return header["generation"], result
 

@@ -452,6 +452,9 @@ def engine_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"- resident memory: {figures['rss_bytes_per_stored_transfer']:,} bytes per stored transfer "
                      f"(transaction + 2 ledger entries) over {figures['stored_transfers_seeded']:,}; process "
                      f"{figures['rss_mb']} MB")
+        if "compact_seconds" in figures:
+            lines.append(f"- compaction at that size (snapshot of everything, writes paused): "
+                         f"{figures['compact_seconds']} s for a {figures['snapshot_mb']} MB snapshot")
         if "startup_seconds" in figures:
             lines.append(f"- start-up at that size (open the folder: snapshot + journal replay + indexes): "
                          f"{figures['startup_seconds']} s for {figures['disk_mb']} MB on disk")

@@ -262,6 +262,13 @@ def engine_figures(sizes: list[int], data_dir: str, transfers: int) -> dict[str,
         client = db.get_client(app)
         engine = embedded.engine_of(client)
         result["fsyncs"] = engine.journal.fsyncs if engine and engine.journal else None
+        if engine is not None and engine.journal is not None:
+            # Compaction (a snapshot of everything) runs under the engine's lock: writes pause this long.
+            with embedded.ENGINE_LOCK:
+                started = time.perf_counter()
+                engine.compact()
+                result["compact_seconds"] = round(time.perf_counter() - started, 2)
+            result["snapshot_mb"] = round(engine.snapshot_size / 2**20, 1)
         # Start-up at this size: close the engine and open the folder again, as a restart does.
         db.reset_client()
         embedded.close_engine(data_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import random
@@ -168,3 +169,23 @@ def test_a_commit_that_triggers_compaction_is_acknowledged(folder, monkeypatch):
     assert done.wait(20), "a write whose flush compacted never returned"
     assert embedded.engine_of(client).generation >= 1
     assert [doc["_id"] for doc in _collection(_restart(folder)).find({})] == ["a", "b"]
+
+
+def test_a_snapshot_of_several_large_collections_loads_back_identical(folder):
+    client = embedded.create_client(folder)
+    database = client["bank"]
+    database.big.create_indexes([IndexModel([("k", ASCENDING)], unique=True)])
+    database.big.insert_many([{"_id": n, "k": n, "shared": {"nested": [n, str(n)]}} for n in range(12_345)])
+    database.small.insert_many([{"_id": f"s{n}", "when": datetime.datetime(2026, 1, 1, 0, 0, n)} for n in range(7)])
+    client["other"].more.insert_one({"_id": "x", "v": [1, 2, 3]})
+    engine = embedded.engine_of(client)
+    with embedded.ENGINE_LOCK:
+        engine.compact()
+    expected = {(db_name, name): list(client[db_name][name].find({}))
+                for db_name, name in (("bank", "big"), ("bank", "small"), ("other", "more"))}
+    reopened = _restart(folder)
+    assert embedded.engine_of(reopened).replayed_records == 0  # all of it came from the snapshot
+    for (db_name, name), documents in expected.items():
+        assert list(reopened[db_name][name].find({})) == documents
+    with pytest.raises(DuplicateKeyError):
+        reopened["bank"].big.insert_one({"k": 12_000})

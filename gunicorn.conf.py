@@ -65,8 +65,10 @@ def on_starting(server):
     if not _MONGO:
         from config import MEMORY_DATA_DIR, data_dir_for, environment_name
 
-        data_dir = data_dir_for(environment_name())
-        if data_dir != MEMORY_DATA_DIR:
+        environment = environment_name()
+        data_dir = data_dir_for(environment)
+        # Production without MONGO_URI is refused by the app itself, with its own message.
+        if data_dir != MEMORY_DATA_DIR and environment != "production":
             from ledger.embedded_journal import lock_for_server
 
             # The master holds the folder's lock; the worker it forks inherits it (LEDGER_DATA_LOCK_FD).

@@ -40,6 +40,7 @@ from mongomock_ng import collection as _collection_module
 from mongomock_ng import helpers as _helpers
 from mongomock_ng import session as _session_module
 from mongomock_ng.filtering import filter_applies as _filter_applies
+from mongomock_ng.filtering import resolve_sort_key as _resolve_sort_key
 from pymongo.errors import DuplicateKeyError
 
 from ledger import embedded_journal as journal_module
@@ -374,6 +375,7 @@ def _install() -> None:
         if _installed:
             return
         collection_class = _collection_module.Collection
+        _patch_sorted_find_one(collection_class)  # before the wrapping below: it wraps what is there
         for name in _COLLECTION_COMMANDS:
             original = getattr(collection_class, name)
             if not getattr(original, "__ledger_serialized__", False):
@@ -504,6 +506,53 @@ def _patch_lookups(collection_class: type) -> None:
     for name in ("_apply_update_document", "_apply_update_pipeline", "_apply_replace_document",
                  "_apply_empty_document"):
         setattr(collection_class, name, _preimage(getattr(collection_class, name)))
+
+
+def _patch_sorted_find_one(collection_class: type) -> None:
+    """``find_one(filter, sort=...)`` (the outbox claim) without materialising every match.
+
+    mongomock-ng computes, copies and sorts every matching document, then keeps the first. Here the index's
+    candidates are sorted first (the same stable sort on the same keys, so ties keep natural order) and the
+    filter runs on them in that order until one matches: the same answer, at the cost of the first match.
+    """
+    original = collection_class.find_one
+    if getattr(original, "__ledger_sorted__", False):
+        return
+
+    @functools.wraps(original)
+    def find_one(self, filter=None, *args, **kwargs):  # noqa: A002 - pymongo's parameter name
+        sort = kwargs.get("sort")
+        store = self._store
+        if (not sort or args or set(kwargs) - {"sort", "projection", "session"}
+                or not isinstance(filter, dict) or not isinstance(store, IndexedCollectionStore)
+                or "$near" in repr(filter)):
+            return original(self, filter, *args, **kwargs)
+        spec = _helpers.patch_datetime_awareness_in_document(filter)
+        ids = store.candidate_ids(spec)
+        keys = list(sort.items()) if isinstance(sort, dict) else [
+            (item, 1) if isinstance(item, str) else tuple(item) for item in sort]
+        if ids is None or any(key.startswith("$") for key, _direction in keys):
+            return original(self, filter, *args, **kwargs)
+        documents = store._documents
+        candidates = [documents[doc_id] for doc_id in ids]
+        if not candidates:
+            _filter_applies(spec, {})  # an invalid filter still raises
+            return None
+        for key, direction in reversed(keys):
+            candidates.sort(key=functools.partial(_resolve_sort_key, key), reverse=direction < 0)
+        for document in candidates:
+            if _filter_applies(spec, document):
+                found = self._copy_only_fields(document, kwargs.get("projection"), dict, filter=spec)
+                if found is None:
+                    continue
+                if self.codec_options.tz_aware:
+                    found = _helpers.make_datetime_timezone_aware_in_document(found)
+                document_class = self.codec_options.document_class
+                return found if document_class is dict else document_class(found)
+        return None
+
+    find_one.__ledger_sorted__ = True
+    collection_class.find_one = find_one
 
 
 def _notify(name: str, collection: str) -> None:

@@ -137,9 +137,10 @@ def stop_server(server: Server) -> None:
 
 def outbox_sender_on(args: argparse.Namespace) -> bool:
     if args.outbox_sender == "auto":
-        # On, as a deployment runs: its claim is an index lookup on both engines, and its work (one or two
-        # notifications per transfer, logged when no MAIL_SERVER is set) is part of what a transfer costs.
-        return True
+        # Off on the embedded engine, as in earlier runs, so the phases compare with them: the sender shares
+        # the one process (and its lock) with the requests, and its work (one or two emails per transfer) would
+        # be counted against the transfer rate. `--outbox-sender on` includes it.
+        return bool(os.environ.get("MONGO_URI"))
     return args.outbox_sender == "on"
 
 
@@ -504,7 +505,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile-transfers", type=int, default=300, help="transfers to profile (default 300)")
     parser.add_argument("--phases", default="health,spread,hot", help="comma-separated: health, spread, hot")
     parser.add_argument("--outbox-sender", choices=("auto", "on", "off"), default="auto",
-                        help="run the email outbox sender in the server (auto: on)")
+                        help="run the email outbox sender in the server (auto: only with MONGO_URI)")
     parser.add_argument("--keep-data", action="store_true", help="with MONGO_URI, keep the benchmark database")
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results", help="results directory")
     parser.add_argument("--data-dir", default=None,

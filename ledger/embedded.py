@@ -528,19 +528,25 @@ def _patch_sorted_find_one(collection_class: type) -> None:
                 or "$near" in repr(filter)):
             return original(self, filter, *args, **kwargs)
         spec = _helpers.patch_datetime_awareness_in_document(filter)
-        ids = store.candidate_ids(spec)
         keys = list(sort.items()) if isinstance(sort, dict) else [
             (item, 1) if isinstance(item, str) else tuple(item) for item in sort]
-        if ids is None or any(key.startswith("$") for key, _direction in keys):
+        if any(not isinstance(key, str) or key.startswith("$") for key, _direction in keys):
             return original(self, filter, *args, **kwargs)
         documents = store._documents
-        candidates = [documents[doc_id] for doc_id in ids]
-        if not candidates:
-            _filter_applies(spec, {})  # an invalid filter still raises
-            return None
-        for key, direction in reversed(keys):
-            candidates.sort(key=functools.partial(_resolve_sort_key, key), reverse=direction < 0)
+        ordered = store.ordered_candidates(spec, keys[0][0], keys[0][1] < 0) if len(keys) == 1 else None
+        if ordered is not None:
+            # Walk the index in sort order; the first document the filter accepts is the answer.
+            candidates: Any = (documents[doc_id] for doc_id in ordered)
+        else:
+            ids = store.candidate_ids(spec)
+            if ids is None:
+                return original(self, filter, *args, **kwargs)
+            candidates = [documents[doc_id] for doc_id in ids]
+            for key, direction in reversed(keys):
+                candidates.sort(key=functools.partial(_resolve_sort_key, key), reverse=direction < 0)
+        checked = False
         for document in candidates:
+            checked = True
             if _filter_applies(spec, document):
                 found = self._copy_only_fields(document, kwargs.get("projection"), dict, filter=spec)
                 if found is None:
@@ -549,6 +555,8 @@ def _patch_sorted_find_one(collection_class: type) -> None:
                     found = _helpers.make_datetime_timezone_aware_in_document(found)
                 document_class = self.codec_options.document_class
                 return found if document_class is dict else document_class(found)
+        if not checked:
+            _filter_applies(spec, {})  # an invalid filter still raises, as it would on a scan
         return None
 
     find_one.__ledger_sorted__ = True

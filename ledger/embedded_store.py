@@ -25,6 +25,7 @@ import collections
 import contextlib
 import copy
 import datetime
+import heapq
 import itertools
 import threading
 from collections.abc import Iterator
@@ -91,7 +92,8 @@ def _naive_utc(value: datetime.datetime) -> datetime.datetime:
 class Index:
     """One declared index: for each prefix length p, a map from the first p key values to the ids holding them."""
 
-    __slots__ = ("by_id", "fields", "key", "maps", "name", "partial", "plannable", "sparse", "unique")
+    __slots__ = ("by_id", "fields", "key", "maps", "name", "ordered", "ordered_items", "partial", "plannable",
+                 "sparse", "unique")
 
     def __init__(self, name: str, spec: dict) -> None:
         self.name = name
@@ -105,6 +107,12 @@ class Index:
             "." not in field and direction in (1, -1) for field, direction in self.key)
         self.maps: list[dict[tuple, dict[Any, None]]] = [{} for _ in self.fields]
         self.by_id: dict[Any, tuple] = {}
+        # For a compound index, the documents of each full-but-last prefix ordered by the last key's value (then
+        # natural order), so a sort on that key (an account's history by seq, the outbox by nextAttemptAt)
+        # walks them in order. A bucket holding a value of another class, an array or a missing key is
+        # marked (class None) and not walked.
+        self.ordered: dict[tuple, list] = {}  # prefix -> [SortedList of (value, position, id), class, odd ids]
+        self.ordered_items: dict[Any, tuple] = {}  # id -> (prefix, item or None)
 
     def entries(self, document: dict) -> tuple | None:
         """The index keys of ``document`` (several if a key is an array), None if the index leaves it out."""
@@ -129,10 +137,10 @@ class Index:
             return tuple({tuple(_hashable(v) for v in combo): None for combo in itertools.product(*expanded)})
         return (tuple(_hashable(v) for v in values),)
 
-    def put(self, doc_id: Any, document: dict) -> None:
+    def put(self, doc_id: Any, document: dict, position: int = 0) -> None:
         new = self.entries(document)
         old = self.by_id.get(doc_id)
-        if old == new:
+        if old == new and (doc_id not in self.ordered_items or self._ordered_position(doc_id) == position):
             return
         if old is not None:
             self._unlink(doc_id, old)
@@ -144,6 +152,8 @@ class Index:
                     if bucket is None:
                         mapping[entry[:length]] = bucket = {}
                     bucket[doc_id] = None
+            if len(self.fields) > 1 and self.plannable:
+                self._order(doc_id, new, position)
         else:
             self.by_id.pop(doc_id, None)
 
@@ -152,7 +162,74 @@ class Index:
         if old is not None:
             self._unlink(doc_id, old)
 
+    def _ordered_position(self, doc_id: Any) -> int | None:
+        _prefixes, item = self.ordered_items[doc_id]
+        return item[1] if item is not None else None
+
+    def _order(self, doc_id: Any, entries: tuple, position: int) -> None:
+        prefixes = {entry[:-1] for entry in entries}
+        if len(entries) == 1:
+            value = entries[0][-1]
+            value_class = sortable_class(value)
+        else:  # an array key: several entries (and mongomock-ng sorts arrays by their first element)
+            value, value_class = None, None
+        for prefix in prefixes:
+            ordered = self.ordered.get(prefix)
+            if ordered is None:
+                self.ordered[prefix] = ordered = [SortedList(), value_class, set()]
+            if ordered[1] is None and not ordered[0] and not ordered[2]:
+                ordered[1] = value_class
+            if value_class is None or value_class is not ordered[1]:
+                ordered[2].add(doc_id)
+            else:
+                item = (value, position, doc_id)
+                ordered[0].add(item)
+                self.ordered_items[doc_id] = ((prefix,), item)
+                return
+        self.ordered_items[doc_id] = (tuple(prefixes), None)
+
+    def _unorder(self, doc_id: Any) -> None:
+        placed = self.ordered_items.pop(doc_id, None)
+        if placed is None:
+            return
+        prefixes, item = placed
+        for one in prefixes:
+            ordered = self.ordered.get(one)
+            if ordered is None:
+                continue
+            if item is not None:
+                ordered[0].discard(item)
+            ordered[2].discard(doc_id)
+            if not ordered[0] and not ordered[2]:
+                del self.ordered[one]
+
+    def walk(self, prefix: tuple, ranges: list, descending: bool) -> tuple[type, Any] | None:
+        """(class, iterator of (value, position, id)) of one prefix's documents in sort order, or None."""
+        ordered = self.ordered.get(prefix)
+        if ordered is None:
+            return object, iter(())
+        items, value_class, odd = ordered
+        if odd:
+            return None
+        minimum = maximum = None
+        inclusive = [True, True]
+        for operator, bound in ranges:
+            if sortable_class(bound) is not value_class:
+                return None
+            if operator in ("$gt", "$gte"):
+                minimum = (bound, float("inf")) if operator == "$gt" else (bound,)
+            else:
+                maximum = (bound, float("inf")) if operator == "$lte" else (bound,)
+                inclusive[1] = operator == "$lte"
+        selected = items.irange(minimum, maximum, inclusive=tuple(inclusive))
+        if not descending:
+            return value_class, selected
+        return value_class, _descending_runs(items.irange(minimum, maximum, inclusive=tuple(inclusive),
+                                                          reverse=True))
+
     def _unlink(self, doc_id: Any, entries: tuple) -> None:
+        if self.ordered_items:
+            self._unorder(doc_id)
         for entry in entries:
             for length, mapping in enumerate(self.maps, start=1):
                 prefix = entry[:length]
@@ -164,6 +241,30 @@ class Index:
 
     def holders(self, entry: tuple) -> dict[Any, None]:
         return self.maps[-1].get(entry) or {}
+
+
+def sortable_class(value: Any) -> type | None:
+    """The class of values Python orders as mongomock-ng's sort does (one BSON type), or None."""
+    if isinstance(value, bool):
+        return bool
+    if isinstance(value, (int, float)):
+        return float if value == value else None  # NaN aside
+    for kind in (datetime.datetime, str, ObjectId):
+        if isinstance(value, kind):
+            return kind
+    return None
+
+
+def _descending_runs(reverse_items: Any) -> Iterator[tuple]:
+    """Items in descending value order, equal values in natural (ascending position) order, as a stable
+    descending sort leaves them."""
+    run: list = []
+    for item in reverse_items:
+        if run and item[0] != run[0][0]:
+            yield from reversed(run)
+            run = []
+        run.append(item)
+    yield from reversed(run)
 
 
 class TtlIndex:
@@ -253,8 +354,9 @@ class IndexedCollectionStore(_store_module.CollectionStore):
 
     def _build_index(self, name: str, spec: dict) -> None:
         index = Index(name, spec)
+        positions = self._positions
         for doc_id, document in self._documents.items():
-            index.put(doc_id, document)
+            index.put(doc_id, document, positions.get(doc_id, 0))
         self._index_objects[name] = index
         if _ttl_spec_usable(spec):
             ttl = TtlIndex(spec)
@@ -326,11 +428,12 @@ class IndexedCollectionStore(_store_module.CollectionStore):
         documents = self._documents
         if self._undo is not None and key not in self._undo:
             self._undo[key] = (documents.get(key, ABSENT), self._positions.get(key))
-        if key not in documents:
+        if key not in documents and key not in self._positions:
             self._positions[key] = next(self._next_position)
         documents[key] = value
+        position = self._positions[key]
         for index in self._index_objects.values():
-            index.put(key, value)
+            index.put(key, value, position)
         for ttl in self._ttl_objects.values():
             ttl.put(key, value)
         if self._engine is not None and self._engine.journaled:
@@ -469,6 +572,74 @@ class IndexedCollectionStore(_store_module.CollectionStore):
                 return [doc_id for doc_id in result if _may_satisfy(by_id.get(doc_id), best_length, ranges)]
         return list(result)
 
+    def ordered_candidates(self, spec: Any, field: str, descending: bool) -> Iterator | None:
+        """Ids that may match ``spec``, in the order a stable sort on ``field`` leaves them (ties in natural
+        order), produced lazily from the ordered index buckets; None when that cannot be done exactly."""
+        if not isinstance(spec, dict) or field == "_id":
+            return None
+        self._remove_expired_documents()
+        alternatives = spec.get("$or")
+        if alternatives is not None:
+            if not isinstance(alternatives, list) or not alternatives:
+                return None
+            common = {key: condition for key, condition in spec.items() if key != "$or"}
+            if not all(isinstance(branch, dict) for branch in alternatives):
+                return None
+            branches = [{**common, **branch} for branch in alternatives]
+        else:
+            branches = [spec]
+        streams = []
+        classes = set()
+        for branch in branches:
+            walked = self._walk_branch(branch, field, descending)
+            if walked is None:
+                return None
+            value_class, stream = walked
+            if value_class is not object:
+                classes.add(value_class)
+            streams.append(stream)
+        if len(classes) > 1:
+            return None
+        if len(streams) == 1:
+            return (item[2] for item in streams[0])
+        key = (lambda item: (item[0], -item[1])) if descending else (lambda item: (item[0], item[1]))
+        merged = heapq.merge(*streams, key=key, reverse=descending)
+        return _unique(item[2] for item in merged)
+
+    def _walk_branch(self, branch: dict, field: str, descending: bool) -> tuple[type, Any] | None:
+        ranges = _range_conditions(branch.get(field)) if field in branch else []
+        if ranges is None:
+            ranges = []  # another condition on the sort key: the filter checks it
+        pinned = {key: _lookup_values(condition) for key, condition in branch.items() if not key.startswith("$")}
+        for index in self._index_objects.values():
+            if len(index.fields) < 2 or not index.plannable or index.fields[-1] != field:
+                continue
+            values = [pinned.get(key) for key in index.fields[:-1]]
+            if any(v is None or len(v) != 1 or (index.sparse and v[0] is None) for v in values):
+                continue
+            prefix = tuple(_hashable(v[0]) for v in values)
+            bounds = [(operator, bound) for operator, bound in _raw_ranges(branch.get(field))] if ranges else []
+            return index.walk(prefix, bounds, descending)
+        # No ordered bucket: sort this branch's candidates, if their values are all of one class.
+        ids = self._plan(branch)
+        if ids is None:
+            return None
+        documents, positions = self._documents, self._positions
+        items = []
+        value_class = object
+        for doc_id in ids:
+            value = documents[doc_id].get(field, NOTHING)
+            item_class = sortable_class(value)
+            if item_class is None or (value_class is not object and item_class is not value_class):
+                return None
+            value_class = item_class
+            items.append((value, positions.get(doc_id, -1), doc_id))
+        if descending:
+            items.sort(key=lambda item: (item[0], -item[1]), reverse=True)
+        else:
+            items.sort(key=lambda item: (item[0], item[1]))
+        return value_class, iter(items)
+
     def find_duplicate(self, document: dict) -> Index | None:
         """The unique index ``document`` would violate (another document holds its key), else None."""
         doc_id = document.get("_id")
@@ -513,9 +684,9 @@ class IndexedCollectionStore(_store_module.CollectionStore):
                     del self[doc_id]
             else:
                 reorder = reorder or doc_id not in documents
-                self[doc_id] = preimage
                 if position is not None:
                     self._positions[doc_id] = position
+                self[doc_id] = preimage
         if reorder:  # a deleted document came back: put it back where it was in natural order
             positions = self._positions
             self._documents = collections.OrderedDict(
@@ -594,6 +765,21 @@ def _range_conditions(condition: Any) -> list | None:
         return None
     return [(_RANGE_OPERATORS[operator], _naive_utc(bound) if isinstance(bound, datetime.datetime) else bound)
             for operator, bound in condition.items()]
+
+
+def _raw_ranges(condition: Any) -> list:
+    """[(operator, bound)] of a range condition, dates made naive UTC as stored."""
+    return [(operator, _naive_utc(bound) if isinstance(bound, datetime.datetime) else bound)
+            for operator, bound in condition.items()]
+
+
+def _unique(ids: Iterator) -> Iterator:
+    seen = set()
+    for doc_id in ids:
+        key = _hashable(doc_id)
+        if key not in seen:
+            seen.add(key)
+            yield doc_id
 
 
 def _may_satisfy(entries: tuple | None, position: int, ranges: list) -> bool:

@@ -99,12 +99,28 @@ sorts = st.lists(st.tuples(st.sampled_from(["a", "b", "c", "_id"]), st.sampled_f
                  min_size=1, max_size=2, unique_by=lambda item: item[0])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(docs=st.lists(documents, max_size=12), query=filters, sort=sorts)
-def test_find_one_with_a_sort_equals_the_first_of_the_sorted_scan(docs, query, sort):
+# Mostly one class per key, so the index's ordered buckets (not only the fallback sort) are exercised.
+ordered_documents = st.fixed_dictionaries(
+    {"a": st.sampled_from(["x", "y"]), "b": st.one_of(st.integers(0, 4), st.integers(0, 4).map(
+        lambda n: _BASE + datetime.timedelta(seconds=n)))},
+    optional={"c": st.integers(0, 2)})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(docs=st.lists(st.one_of(documents, ordered_documents, ordered_documents), max_size=14), query=filters,
+       sort=sorts, abort=st.booleans())
+def test_find_one_with_a_sort_equals_the_first_of_the_sorted_scan(docs, query, sort, abort):
     collection = _fresh_collection([IndexModel([("a", ASCENDING), ("b", ASCENDING)])])
     for doc in docs:
         collection.insert_one(dict(doc))
+    collection.update_many({"c": 1}, {"$set": {"b": 2}})  # moves documents within the ordered buckets
+    collection.delete_many({"c": 2})
+    if abort:  # an aborted transaction must leave the ordered buckets as they were
+        with collection.database.client.start_session() as session:
+            session.start_transaction()
+            collection.update_many({"a": "x"}, {"$set": {"b": 3}}, session=session)
+            collection.insert_one({"a": "y", "b": 0}, session=session)
+            session.abort_transaction()
     try:
         expected = list(collection.find(query, sort=sort, limit=1))  # mongomock-ng's own path
     except Exception as exc:
@@ -181,3 +197,26 @@ def test_ttl_indexes_expire_documents_without_scanning(monkeypatch):
         assert collection.find_one({"tokenHash": "t1"}) is None
         assert collection.find_one({"tokenHash": "t2"}) is None
         assert collection.find_one({"tokenHash": "t3"}) is not None
+
+
+def test_the_outbox_claim_walks_the_index_in_order_and_stops_at_the_first_match(monkeypatch):
+    from ledger.embedded_store import IndexedCollectionStore
+
+    collection = _fresh_collection([IndexModel([("status", ASCENDING), ("nextAttemptAt", ASCENDING)])])
+    now = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    backlog = [{"status": "PENDING", "nextAttemptAt": now - datetime.timedelta(seconds=n)} for n in range(2000)]
+    backlog += [{"status": "PENDING", "nextAttemptAt": now + datetime.timedelta(hours=1)}] * 5  # not due yet
+    collection.insert_many([dict(doc) for doc in backlog])
+    claim = {"$or": [{"status": "PENDING", "nextAttemptAt": {"$lte": now}},
+                     {"status": "SENDING", "claimedUntil": {"$lte": now}}]}
+    store = collection._store
+    assert isinstance(store, IndexedCollectionStore)
+    assert store.ordered_candidates(claim, "nextAttemptAt", False) is not None
+    checked = []
+    original = embedded._filter_applies
+    monkeypatch.setattr(embedded, "_filter_applies", lambda spec, doc: checked.append(1) or original(spec, doc))
+    with embedded.no_scans():
+        claimed = collection.find_one_and_update(claim, {"$set": {"status": "SENDING"}},
+                                                 sort=[("nextAttemptAt", 1)])
+    assert claimed["nextAttemptAt"] == (now - datetime.timedelta(seconds=1999)).replace(tzinfo=datetime.UTC)
+    assert len(checked) <= 3  # the oldest due message, not the whole backlog

@@ -162,6 +162,65 @@ class Index:
         if old is not None:
             self._unlink(doc_id, old)
 
+    def load(self, documents: dict, positions: dict) -> None:
+        """Index every document of an empty index at once (start-up, index creation): the same result as
+        ``put`` for each, faster for plain keys (top-level, scalar values)."""
+        if self.partial is not None or any("." in field for field in self.fields) or not self.plannable:
+            for doc_id, document in documents.items():
+                self.put(doc_id, document, positions.get(doc_id, 0))
+            return
+        fields, sparse, by_id, maps = self.fields, self.sparse, self.by_id, self.maps
+        compound = len(fields) > 1
+        pending: dict[tuple, list] = {}
+        awkward = (list, tuple, dict)
+        first = fields[0]
+        for doc_id, document in documents.items():
+            if compound:
+                values = tuple([document.get(field, NOTHING) for field in fields])
+            else:
+                values = (document.get(first, NOTHING),)
+            try:
+                hash(values)
+                plain = True
+                for v in values:
+                    if v is NOTHING or isinstance(v, awkward):
+                        plain = False
+                        break
+            except TypeError:
+                plain = False
+            if not plain:
+                self.put(doc_id, document, positions.get(doc_id, 0))  # missing keys, arrays: the slow path
+                continue
+            if sparse and all(v is None for v in values):
+                continue
+            by_id[doc_id] = (values,)
+            for length in range(1, len(fields) + 1):
+                prefix = values[:length] if compound else values
+                bucket = maps[length - 1].get(prefix)
+                if bucket is None:
+                    maps[length - 1][prefix] = bucket = {}
+                bucket[doc_id] = None
+            if compound:
+                prefix = values[:-1]
+                value = values[-1]
+                if prefix in self.ordered:  # the slow path already started this bucket
+                    self._order(doc_id, (values,), positions.get(doc_id, 0))
+                    continue
+                item = (value, positions.get(doc_id, 0), doc_id)
+                group = pending.get(prefix)
+                if group is None:
+                    pending[prefix] = group = []
+                group.append(item)
+        for prefix, items in pending.items():
+            classes = {sortable_class(item[0]) for item in items}
+            if len(classes) == 1 and None not in classes and prefix not in self.ordered:
+                self.ordered[prefix] = [SortedList(items), classes.pop(), set()]
+                for item in items:
+                    self.ordered_items[item[2]] = ((prefix,), item)
+            else:  # mixed classes, or the slow path met this prefix too: one at a time, in natural order
+                for item in sorted(items, key=lambda item: item[1]):
+                    self._order(item[2], ((*prefix, item[0]),), item[1])
+
     def _ordered_position(self, doc_id: Any) -> int | None:
         _prefixes, item = self.ordered_items[doc_id]
         return item[1] if item is not None else None
@@ -354,9 +413,7 @@ class IndexedCollectionStore(_store_module.CollectionStore):
 
     def _build_index(self, name: str, spec: dict) -> None:
         index = Index(name, spec)
-        positions = self._positions
-        for doc_id, document in self._documents.items():
-            index.put(doc_id, document, positions.get(doc_id, 0))
+        index.load(self._documents, self._positions)
         self._index_objects[name] = index
         if _ttl_spec_usable(spec):
             ttl = TtlIndex(spec)

@@ -60,10 +60,16 @@ filters = st.one_of(
 )
 
 
-def _fresh_collection(indexes: list[IndexModel]):
+def _fresh_collection(indexes: list[IndexModel], docs: list | None = None, late: bool = False):
+    """A new collection holding ``docs``; its indexes built before the inserts, or (``late``) over them, as a
+    restart or a new index builds them."""
     client = embedded.create_client(embedded.MEMORY)
     collection = client["engine-test"][f"c{next(_IDS)}"]
-    if indexes:
+    if indexes and not late:
+        collection.create_indexes(indexes)
+    for doc in docs or ():
+        collection.insert_one(dict(doc))
+    if indexes and late:
         collection.create_indexes(indexes)
     return collection
 
@@ -77,12 +83,10 @@ def _scan(collection, query: dict) -> list:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(docs=st.lists(documents, max_size=12), query=filters)
-def test_indexed_answers_equal_a_full_scan(docs, query):
+@given(docs=st.lists(documents, max_size=12), query=filters, late=st.booleans())
+def test_indexed_answers_equal_a_full_scan(docs, query, late):
     collection = _fresh_collection([IndexModel([("a", ASCENDING)]), IndexModel([("a", ASCENDING), ("b", ASCENDING)]),
-                                    IndexModel([("c", ASCENDING)], sparse=True)])
-    for doc in docs:
-        collection.insert_one(dict(doc))
+                                    IndexModel([("c", ASCENDING)], sparse=True)], docs, late)
     # Update some documents in place, so the index must follow changes mongomock-ng makes to stored objects.
     collection.update_many({"c": 1}, {"$set": {"a": "b"}})
     try:
@@ -108,11 +112,9 @@ ordered_documents = st.fixed_dictionaries(
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(docs=st.lists(st.one_of(documents, ordered_documents, ordered_documents), max_size=14), query=filters,
-       sort=sorts, abort=st.booleans())
-def test_find_one_with_a_sort_equals_the_first_of_the_sorted_scan(docs, query, sort, abort):
-    collection = _fresh_collection([IndexModel([("a", ASCENDING), ("b", ASCENDING)])])
-    for doc in docs:
-        collection.insert_one(dict(doc))
+       sort=sorts, abort=st.booleans(), late=st.booleans())
+def test_find_one_with_a_sort_equals_the_first_of_the_sorted_scan(docs, query, sort, abort, late):
+    collection = _fresh_collection([IndexModel([("a", ASCENDING), ("b", ASCENDING)])], docs, late)
     collection.update_many({"c": 1}, {"$set": {"b": 2}})  # moves documents within the ordered buckets
     collection.delete_many({"c": 2})
     if abort:  # an aborted transaction must leave the ordered buckets as they were

@@ -415,6 +415,8 @@ def _patch_sessions(session_class: type) -> None:
             _notify("commitTransaction", "admin")
             return None
         _notify("commitTransaction", "admin")
+        if not self.in_transaction:
+            return original_commit(self)  # raises as pymongo does; no transaction holds the lock
         engine = _engine_of_session(self)
         ticket = None
         try:

@@ -189,3 +189,14 @@ def test_a_snapshot_of_several_large_collections_loads_back_identical(folder):
         assert list(reopened[db_name][name].find({})) == documents
     with pytest.raises(DuplicateKeyError):
         reopened["bank"].big.insert_one({"k": 12_000})
+
+
+def test_a_commit_without_a_transaction_fails_and_leaves_the_engine_journaling(folder):
+    from pymongo.errors import InvalidOperation
+
+    client = embedded.create_client(folder)
+    with client.start_session() as session, pytest.raises(InvalidOperation):
+        session.commit_transaction()
+    assert embedded.engine_of(client).transactions_open == 0
+    _collection(client).insert_one({"_id": "after"})  # journaled and durable as usual
+    assert _collection(_restart(folder)).find_one({"_id": "after"}) is not None

@@ -84,6 +84,8 @@ def build_app(data_dir: str | None = None) -> Any:
 
     if data_dir is None:
         data_dir = os.environ.get("LEDGER_DATA_DIR") or tempfile.mkdtemp(prefix="ledger-bench-")
+    # The configuration reads it (the development JWT secret lives in the folder) before overrides apply.
+    os.environ["LEDGER_DATA_DIR"] = data_dir
     overrides = {
         "LEDGER_DATA_DIR": data_dir,
         "MONGO_URI": os.environ.get("MONGO_URI") or None,

@@ -91,6 +91,7 @@ _COLLECTION_COMMANDS = (
     "index_information",
     "list_indexes",
     "drop",
+    "rename",
 )
 
 CommandListener = Callable[[str, str], None]
@@ -307,6 +308,8 @@ class Engine:
     def close(self) -> None:
         with ENGINE_LOCK:
             if self.journal is not None:
+                if self.journal.failure is None:  # writes no command flushed yet (a database-level drop)
+                    self.wait(self.flush())
                 self.journal.close()
                 self.journal = None
             self.journaled = False

@@ -37,7 +37,6 @@ import pickle
 import socket
 import struct
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -334,6 +333,3 @@ def old_journals(path: str, keep_from: int) -> list[str]:
             stale.append(os.path.join(path, name))
     return stale
 
-
-def now() -> float:
-    return time.monotonic()

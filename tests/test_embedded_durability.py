@@ -200,3 +200,16 @@ def test_a_commit_without_a_transaction_fails_and_leaves_the_engine_journaling(f
     assert embedded.engine_of(client).transactions_open == 0
     _collection(client).insert_one({"_id": "after"})  # journaled and durable as usual
     assert _collection(_restart(folder)).find_one({"_id": "after"}) is not None
+
+
+def test_a_renamed_collection_keeps_its_documents_and_indexes_across_a_restart(folder):
+    client = embedded.create_client(folder)
+    database = client["bank"]
+    database.old.create_indexes([IndexModel([("k", ASCENDING)], unique=True)])
+    database.old.insert_many([{"_id": n, "k": n} for n in range(5)])
+    database.old.rename("new")
+    reopened = _restart(folder)["bank"]
+    assert [doc["_id"] for doc in reopened.new.find({})] == [0, 1, 2, 3, 4]
+    assert reopened.old.count_documents({}) == 0
+    with pytest.raises(DuplicateKeyError):
+        reopened.new.insert_one({"k": 3})

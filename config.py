@@ -155,6 +155,44 @@ def _aliased(name: str, alias: str) -> str | None:
     return value or aliased
 
 
+MEMORY_DATA_DIR = ":memory:"
+DEFAULT_DATA_DIR = ".ledger-data"
+JWT_SECRET_FILE = "jwt-secret"
+
+
+def data_dir_for(environment: str) -> str:
+    """The embedded engine's folder for ``environment``: LEDGER_DATA_DIR (default ``.ledger-data``); the
+    test configuration keeps its data in memory unless LEDGER_TEST_DATA_DIR names a folder."""
+    if environment in {"testing", "test"}:
+        return os.environ.get("LEDGER_TEST_DATA_DIR") or MEMORY_DATA_DIR
+    return os.environ.get("LEDGER_DATA_DIR") or DEFAULT_DATA_DIR
+
+
+def stored_development_secret(data_dir: str) -> str:
+    """The development JWT secret kept in the engine's folder (created once, owner-readable only), so a
+    restart on the same data does not log everyone out."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, JWT_SECRET_FILE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(secrets.token_urlsafe(48))
+            handle.flush()
+            os.fsync(handle.fileno())
+    for _attempt in range(50):  # another process may be writing it this instant
+        with open(path, encoding="ascii") as handle:
+            secret = handle.read().strip()
+        if len(secret) >= 32:
+            return secret
+        import time
+
+        time.sleep(0.01)
+    raise ConfigurationError(f"{path} does not hold a usable JWT secret: delete it to generate a new one")
+
+
 class Config:
     """Settings shared by every environment, read from the environment when the object is built."""
 
@@ -184,6 +222,9 @@ class Config:
         self.MONGO_URI = env("MONGO_URI") or None
         self.MONGO_DB_NAME = env("MONGO_DB_NAME") or None  # default: the URI's database, else banking-ledger
         self.TRANSACTION_TIMEOUT_SECONDS = _env_float("TRANSACTION_TIMEOUT_SECONDS", 10)
+        # The embedded engine's folder (MONGO_URI unset): ":memory:" keeps the data in the process only.
+        self.LEDGER_DATA_DIR = data_dir_for(self.ENV_NAME)
+        self.JWT_SECRET_STORED = False
 
         self.JWT_SECRET_KEY = env("JWT_SECRET") or None
         self.COOKIE_SECURE = _env_bool("COOKIE_SECURE", False)
@@ -261,7 +302,11 @@ class Config:
         self.check()
         self.validate_mail()
         if not self.JWT_SECRET_KEY:
-            self.JWT_SECRET_KEY = secrets.token_urlsafe(48)
+            if not self.MONGO_URI and self.LEDGER_DATA_DIR != MEMORY_DATA_DIR:
+                self.JWT_SECRET_KEY = stored_development_secret(self.LEDGER_DATA_DIR)
+                self.JWT_SECRET_STORED = True
+            else:
+                self.JWT_SECRET_KEY = secrets.token_urlsafe(48)
             self.GENERATED_JWT_SECRET = True
 
     def validate_mail(self) -> None:

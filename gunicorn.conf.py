@@ -59,7 +59,8 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 def on_starting(server):
     """Before any port is bound: refuse a configuration error (``config.load_config``: e.g. production without
     JWT_SECRET, an unusable MONGO_URI) with one paragraph on stderr and exit status 78, and refuse a
-    configuration that would silently lose data: the embedded engine with a preloaded app."""
+    configuration that would lose data: the embedded engine with a preloaded app, or a second server on a data
+    folder another process owns (checked here, before any worker starts, so it fails at once)."""
     import sys
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # config.py sits beside this file
@@ -71,3 +72,14 @@ def on_starting(server):
     if server.cfg.preload_app and not _MONGO:
         raise RuntimeError("--preload cannot be used with the embedded engine (MONGO_URI unset): each worker "
                            "would start from an empty copy of the in-memory database")
+    if not _MONGO:
+        from config import MEMORY_DATA_DIR, data_dir_for, environment_name
+
+        environment = environment_name()
+        data_dir = data_dir_for(environment)
+        # Production without MONGO_URI is refused by the app itself, with its own message.
+        if data_dir != MEMORY_DATA_DIR and environment != "production":
+            from ledger.embedded_journal import lock_for_server
+
+            # The master holds the folder's lock; the worker it forks inherits it (LEDGER_DATA_LOCK_FD).
+            lock_for_server(data_dir)

@@ -99,7 +99,13 @@ def initialize_database(app: Flask) -> None:
     from ledger import db
     from ledger.services.system import bootstrap_from_config
 
-    if app.config.get("GENERATED_JWT_SECRET"):
+    if app.config.get("GENERATED_JWT_SECRET") and app.config.get("JWT_SECRET_STORED"):
+        app.logger.warning(
+            "JWT_SECRET is not set: using the GENERATED DEVELOPMENT SECRET kept in %s (it survives restarts "
+            "on that folder); never run like this in production (APP_ENV=production refuses to start without "
+            "JWT_SECRET).", app.config.get("LEDGER_DATA_DIR")
+        )
+    elif app.config.get("GENERATED_JWT_SECRET"):
         app.logger.warning(
             "JWT_SECRET is not set: using a GENERATED DEVELOPMENT SECRET. Tokens die with this process; "
             "never run like this in production (APP_ENV=production refuses to start without JWT_SECRET)."

@@ -46,8 +46,12 @@ def alias(command: click.Command, name: str) -> click.Command:
 @click.option("--currency", default="INR", show_default=True, help="Currency of the first system account.")
 def create_system_user(email: str, name: str, password: str, currency: str) -> None:
     """Create the system user and its system account (idempotent)."""
+    from ledger import db
     from ledger.services.system import SystemUserConflict, ensure_system_user
 
+    refusal = db.write_refusal()
+    if refusal:
+        raise click.ClickException(refusal)
     try:
         user, created = ensure_system_user(validation.email(email), validation.password(password),
                                            validation.name(name), validation.currency(currency))

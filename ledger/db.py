@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import random
 import threading
 import time
@@ -64,18 +65,16 @@ class _ClientHolder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._client: Any = None
-        self._key: tuple[str | None, int] | None = None
+        self._key: tuple[str | None, str | None, int] | None = None
 
-    def get(self, uri: str | None) -> Any:
-        import os
-
-        key = (uri, os.getpid())
+    def get(self, uri: str | None, data_dir: str | None = None) -> Any:
+        key = (uri, None if uri else data_dir, os.getpid())
         client = self._client
         if client is not None and self._key == key:
             return client
         with self._lock:
             if self._client is None or self._key != key:
-                self._client = _create_client(uri)
+                self._client = _create_client(uri, data_dir)
                 self._key = key
             return self._client
 
@@ -90,9 +89,9 @@ class _ClientHolder:
 _holder = _ClientHolder()
 
 
-def _create_client(uri: str | None) -> Any:
+def _create_client(uri: str | None, data_dir: str | None = None) -> Any:
     if uri is None:
-        return embedded.create_client()
+        return embedded.create_client(data_dir)
     return MongoClient(
         uri,
         tz_aware=True,
@@ -112,7 +111,7 @@ def is_embedded(app: Flask | None = None) -> bool:
 
 def get_client(app: Flask | None = None) -> Any:
     app = app or current_app
-    return _holder.get(app.config.get("MONGO_URI"))
+    return _holder.get(app.config.get("MONGO_URI"), app.config.get("LEDGER_DATA_DIR"))
 
 
 def database_name(app: Flask | None = None) -> str:
@@ -136,6 +135,16 @@ def _uri_database(uri: str) -> str | None:
 def get_db(app: Flask | None = None) -> Database:
     app = app or current_app
     return get_client(app)[database_name(app)]
+
+
+def write_refusal(app: Flask | None = None) -> str | None:
+    """Why this process must not write, or None: on the embedded engine, another process (a running server)
+    owns the data folder and this one has a read-only view of it. CLI commands that write check this first."""
+    app = app or current_app
+    if not is_embedded(app):
+        return None
+    engine = embedded.engine_of(get_client(app))
+    return engine.read_only_reason if engine is not None else None
 
 
 def reset_client() -> None:
@@ -408,14 +417,15 @@ class _SharedClient:
     database; the service's client belongs to :data:`_holder`, so ``close`` here does nothing.
     """
 
-    def __init__(self, uri: str | None) -> None:
+    def __init__(self, uri: str | None, data_dir: str | None = None) -> None:
         self._uri = uri
+        self._data_dir = data_dir
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(_holder.get(self._uri), name)
+        return getattr(_holder.get(self._uri, self._data_dir), name)
 
     def __getitem__(self, name: str) -> Any:
-        return _holder.get(self._uri)[name]
+        return _holder.get(self._uri, self._data_dir)[name]
 
     def close(self) -> None:
         return None
@@ -435,7 +445,7 @@ def bind_models(app: Flask) -> None:
     mongoengine.register_connection(
         mongoengine.DEFAULT_CONNECTION_NAME,
         db=database_name(app),
-        mongo_client_class=lambda **_settings: _SharedClient(uri),
+        mongo_client_class=lambda **_settings: _SharedClient(uri, app.config.get("LEDGER_DATA_DIR")),
     )
 
 
@@ -443,10 +453,22 @@ def init_app(app: Flask) -> None:
     """Check the engine, create the indexes and announce where the data lives."""
     bind_models(app)
     if is_embedded(app):
-        log.warning(
-            "MONGO_URI is not set: using the EMBEDDED in-memory engine. Data lives in this process only and "
-            "is LOST ON EXIT; run a single worker. Set MONGO_URI to a MongoDB replica set for real use."
-        )
+        data_dir = app.config.get("LEDGER_DATA_DIR") or embedded.MEMORY
+        if data_dir == embedded.MEMORY:
+            log.warning(
+                "MONGO_URI is not set and LEDGER_DATA_DIR is :memory:: using the EMBEDDED in-memory engine. Data "
+                "lives in this process only and is LOST ON EXIT; run a single worker."
+            )
+        else:
+            engine = embedded.engine_of(get_client(app))
+            if engine is not None and engine.read_only_reason:
+                log.warning("embedded engine: %s; this process has a READ-ONLY view", engine.read_only_reason)
+            else:
+                log.warning(
+                    "MONGO_URI is not set: using the EMBEDDED engine in %s (durable, one process owns it; run a "
+                    "single worker). Set MONGO_URI to a MongoDB replica set for several processes or machines.",
+                    os.path.abspath(data_dir),
+                )
     else:
         # NotAReplicaSet stops start-up with its message; DatabaseUnavailable goes to the caller, which
         # finishes start-up (indexes, system user) in the background once the database answers.

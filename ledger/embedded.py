@@ -1,18 +1,24 @@
-"""The embedded engine: mongomock-ng made serializable.
+"""The embedded engine: mongomock-ng made serializable, indexed and durable.
 
 mongomock-ng speaks pymongo's API, sessions and transactions included, but it has no isolation: writes inside
 an open transaction are visible to other threads, two transactions updating one document both succeed, one
 transaction's abort can undo another's committed write, and even a lone ``$inc`` can lose updates when threads
-interleave. Used as it is under a threaded server it would corrupt balances.
+interleave. Used as it is under a threaded server it would corrupt balances. It also answers every query by
+walking the whole collection and keeps everything in memory only.
 
-This module turns it into a single-writer database. One process-wide re-entrant lock is held
+This module turns it into a single-node database:
 
-* for the whole of every transaction, from ``start_transaction`` to ``commit_transaction`` or
-  ``abort_transaction`` (so a transaction sees no other writer and its abort restores only its own work), and
-* around every standalone collection operation and cursor materialisation.
-
-Transactions are therefore serializable, at the cost of running one at a time: fine for tests, demos and a
-single-process development server, and the reason the embedded engine needs exactly one gunicorn worker.
+* **Serializable.** One process-wide re-entrant lock is held for the whole of every transaction, from
+  ``start_transaction`` to ``commit_transaction`` or ``abort_transaction`` (so a transaction sees no other
+  writer and its abort restores only its own work), and around every standalone collection operation and
+  cursor materialisation. Transactions run one at a time: the reason the embedded engine runs one process.
+* **Indexed.** :mod:`ledger.embedded_store` keeps every declared index in memory and answers lookups and
+  unique checks from it; a query no index answers is a counted full scan (:func:`no_scans` forbids them).
+* **Durable** unless ``LEDGER_DATA_DIR`` is ``:memory:``: :mod:`ledger.embedded_journal` appends each commit's
+  writes to a journal and the commit returns only after an fsync covers them; start-up replays the folder.
+* **One owner.** The folder is locked by the process serving it; another process opening it gets a read-only
+  view of what was committed when it opened (``verify-ledger`` uses that while the server runs), and its writes
+  are refused with a message naming the owner.
 
 The same wrapper counts the database commands each thread issues (only the outermost call, so helpers that
 call each other internally count once), which the command-count tests and the benchmark read.
@@ -20,21 +26,40 @@ call each other internally count once), which the command-count tests and the be
 
 from __future__ import annotations
 
-import collections
-import copy
 import functools
+import logging
+import os
+import pickle
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import mongomock_ng
 from mongomock_ng import collection as _collection_module
+from mongomock_ng import helpers as _helpers
 from mongomock_ng import session as _session_module
-from mongomock_ng import store as _store_module
 from mongomock_ng.filtering import filter_applies as _filter_applies
-from mongomock_ng.helpers import _clone_document
+from mongomock_ng.filtering import resolve_sort_key as _resolve_sort_key
+from pymongo.errors import DuplicateKeyError
+
+from ledger import embedded_journal as journal_module
+from ledger.embedded_journal import EngineFailure, FolderLocked, FolderOwned
+from ledger.embedded_store import (
+    SCANS,
+    EngineServerStore,
+    IndexedCollectionStore,
+    ScanForbidden,
+    no_scans,
+)
+
+__all__ = ["ENGINE_LOCK", "SCANS", "Engine", "EngineFailure", "FolderLocked", "FolderOwned", "ScanForbidden",
+           "add_command_listener", "create_client", "no_scans", "remove_command_listener"]
+
+log = logging.getLogger(__name__)
 
 ENGINE_LOCK = threading.RLock()
+MEMORY = ":memory:"
 
 _state = threading.local()
 _installed = False
@@ -66,6 +91,7 @@ _COLLECTION_COMMANDS = (
     "index_information",
     "list_indexes",
     "drop",
+    "rename",
 )
 
 CommandListener = Callable[[str, str], None]
@@ -86,19 +112,247 @@ def _depth() -> int:
     return getattr(_state, "depth", 0)
 
 
+# ------------------------------------------------------------------------------------------- the engine
+
+
+class Engine:
+    """One database server's worth of collections, in memory (``path`` None) or backed by a folder."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self.server_store = EngineServerStore(self)
+        self.journal: journal_module.Journal | None = None
+        self.journaled = False
+        self.read_only_reason: str | None = None
+        self.lock_fd: int | None = None
+        self.generation = 0
+        self.snapshot_size = 0
+        self.replay_seconds = 0.0
+        self.replayed_records = 0
+        self.discarded_bytes = 0
+        self._dirty: dict[IndexedCollectionStore, dict[Any, None]] = {}
+        self._meta_dirty: dict[IndexedCollectionStore, None] = {}
+        self.transactions_open = 0
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, path: str) -> Engine:
+        engine = cls(path)
+        started = time.perf_counter()
+        fd = journal_module.acquire_lock(path)
+        if fd is None:
+            engine.read_only_reason = journal_module.owned_message(path)
+            engine._load(owner=False)
+        else:
+            engine.lock_fd = fd
+            try:
+                engine._load(owner=True)
+            except BaseException:
+                os.close(fd)
+                raise
+        engine.replay_seconds = time.perf_counter() - started
+        return engine
+
+    def _load(self, owner: bool) -> None:
+        path = self.path
+        assert path is not None
+        for _attempt in range(20):
+            generation, collections_ = journal_module.read_snapshot(path)
+            journal_file = journal_module.journal_path(path, generation)
+            try:
+                records, good, size = journal_module.read_records(journal_file)
+            except FileNotFoundError:
+                if not owner and journal_module.read_snapshot(path)[0] != generation:
+                    continue  # the owner compacted between our two reads: read its new snapshot
+                records, good, size = [], 0, 0
+            break
+        else:  # pragma: no cover - a server compacting 20 times while we read
+            raise RuntimeError(f"could not read a consistent state of {path}")
+        self.server_store._databases.clear()
+        for database, name, indexes, options, created, documents in collections_:
+            store = self.server_store[database][name]
+            store.load_meta(indexes, options, created)
+            for doc_id, document in documents:
+                store.load(doc_id, document)
+        for operations in records:
+            self._apply(operations)
+        for store in self.server_store.collections():
+            store._rebuild_indexes()
+            store._ready = True
+        self.generation = generation
+        self.replayed_records = len(records)
+        self.discarded_bytes = size - good
+        try:
+            self.snapshot_size = os.path.getsize(os.path.join(path, journal_module.SNAPSHOT_NAME))
+        except OSError:
+            self.snapshot_size = 0
+        if not owner:
+            return
+        if size > good:
+            log.warning("embedded engine: discarded %d bytes at the end of %s (a record cut short or failing its "
+                        "checksum: written by a crash, never acknowledged)", size - good, journal_file)
+            with open(journal_file, "r+b") as handle:
+                handle.truncate(good)
+                os.fsync(handle.fileno())
+        for stale in journal_module.old_journals(path, generation):
+            os.remove(stale)
+        self.journal = journal_module.Journal(journal_file)
+        self.journaled = True
+        if good > max(self.snapshot_size, 1024 * 1024):
+            with ENGINE_LOCK:
+                self.compact()
+
+    def _apply(self, operations: list) -> None:
+        databases = self.server_store
+        for operation in operations:
+            kind = operation[0]
+            if kind == "put":
+                _kind, database, name, doc_id, document = operation
+                databases[database][name].load(doc_id, document)
+            elif kind == "del":
+                _kind, database, name, doc_id = operation
+                databases[database][name].load(doc_id, None)
+            elif kind == "meta":
+                _kind, database, name, indexes, options, created = operation
+                databases[database][name].load_meta(indexes, options, created)
+
+    # ---------------------------------------------------------------- writes
+
+    def check_usable(self) -> None:
+        if self.journal is not None and self.journal.failure is not None:
+            raise EngineFailure(f"the embedded engine stopped after a disk failure: {self.journal.failure}; "
+                                f"restart it")
+
+    def check_writable(self) -> None:
+        if self.read_only_reason is not None:
+            raise FolderOwned(self.read_only_reason)
+
+    def touch(self, store: IndexedCollectionStore, doc_id: Any) -> None:
+        ids = self._dirty.get(store)
+        if ids is None:
+            self._dirty[store] = ids = {}
+        ids[doc_id] = None
+
+    def touch_meta(self, store: IndexedCollectionStore) -> None:
+        self._meta_dirty[store] = None
+
+    def forget(self, store: IndexedCollectionStore, doc_ids: Any) -> None:
+        ids = self._dirty.get(store)
+        if ids:
+            for doc_id in doc_ids:
+                ids.pop(doc_id, None)
+
+    def flush(self) -> tuple[journal_module.Journal, int] | None:
+        """Journal the current state of everything written since the last flush; return what to wait on (the
+        journal it went to, which a compaction may since have replaced, and the fsync ticket)."""
+        if not self._dirty and not self._meta_dirty:
+            return None
+        if self.journal is None:
+            self._dirty.clear()
+            self._meta_dirty.clear()
+            return None
+        operations: list[tuple] = []
+        for store in self._meta_dirty:
+            operations.append(("meta", store._database_name, store.name, store.indexes, store.options,
+                               store._is_force_created))
+        for store, ids in self._dirty.items():
+            documents = store._documents
+            database, name = store._database_name, store.name
+            for doc_id in ids:
+                document = documents.get(doc_id)
+                if document is None:
+                    operations.append(("del", database, name, doc_id))
+                else:
+                    operations.append(("put", database, name, doc_id, document))
+        self._dirty.clear()
+        self._meta_dirty.clear()
+        if not operations:
+            return None
+        journal = self.journal
+        ticket = journal.append(pickle.dumps(operations, protocol=pickle.HIGHEST_PROTOCOL))
+        if journal.size > max(journal_module.COMPACT_MIN_BYTES, 2 * self.snapshot_size):
+            self.compact()  # syncs this journal first, so the ticket is durable when it returns
+        return journal, ticket
+
+    @staticmethod
+    def wait(ticket: tuple[journal_module.Journal, int] | None) -> None:
+        if ticket is not None:
+            journal, position = ticket
+            journal.wait(position)
+
+    def compact(self) -> None:
+        """Write a snapshot of everything and start an empty journal (under ENGINE_LOCK, no transaction open)."""
+        assert self.journal is not None
+        assert self.path is not None
+        self.journal.sync_all()
+        generation = self.generation + 1
+
+        def collections_() -> Any:
+            for store in self.server_store.collections():
+                if store.is_created or store._documents:
+                    yield (store._database_name, store.name, store.indexes, store.options,
+                           bool(store._is_force_created), store._documents)
+
+        started = time.perf_counter()
+        self.snapshot_size = journal_module.write_snapshot(self.path, generation, collections_())
+        old = self.journal
+        self.journal = journal_module.Journal(journal_module.journal_path(self.path, generation))
+        self.generation = generation
+        old.close()
+        for stale in journal_module.old_journals(self.path, generation):
+            os.remove(stale)
+        log.info("embedded engine: snapshot %d written (%d bytes) in %.2fs", generation, self.snapshot_size,
+                 time.perf_counter() - started)
+
+    def close(self) -> None:
+        with ENGINE_LOCK:
+            if self.journal is not None:
+                if self.journal.failure is None:  # writes no command flushed yet (a database-level drop)
+                    self.wait(self.flush())
+                self.journal.close()
+                self.journal = None
+            self.journaled = False
+            if self.lock_fd is not None and os.environ.get(journal_module.LOCK_FD_ENV) != str(self.lock_fd):
+                os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def _engine_of_collection(collection: Any) -> Engine | None:
+    return getattr(collection._db_store, "_engine", None)
+
+
+def _engine_of_session(session: Any) -> Engine | None:
+    return getattr(session.client._store, "_engine", None)
+
+
+# ------------------------------------------------------------------------------- mongomock-ng patches
+
+
 def _serialized_command(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with ENGINE_LOCK:
-            outermost = _depth() == 0
-            if outermost and _listeners:
-                for listener in list(_listeners):
-                    listener(name, self.name)
-            _state.depth = _depth() + 1
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                _state.depth -= 1
+        ticket = None
+        engine = _engine_of_collection(self)
+        try:
+            with ENGINE_LOCK:
+                outermost = _depth() == 0
+                if outermost and engine is not None:
+                    engine.check_usable()
+                if outermost and _listeners:
+                    for listener in list(_listeners):
+                        listener(name, self.name)
+                _state.depth = _depth() + 1
+                try:
+                    return method(self, *args, **kwargs)
+                finally:
+                    _state.depth -= 1
+                    if outermost and engine is not None and engine.journaled and not engine.transactions_open:
+                        ticket = engine.flush()
+        finally:
+            # A standalone write is acknowledged once durable; the wait happens without the lock.
+            if ticket is not None:
+                engine.wait(ticket)
 
     wrapper.__ledger_serialized__ = True
     return wrapper
@@ -118,12 +372,13 @@ def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _install() -> None:
-    """Wrap mongomock-ng's classes once per process; idempotent and thread-safe."""
+    """Patch mongomock-ng's classes once per process; idempotent and thread-safe."""
     global _installed
     with _install_guard:
         if _installed:
             return
         collection_class = _collection_module.Collection
+        _patch_sorted_find_one(collection_class)  # before the wrapping below: it wraps what is there
         for name in _COLLECTION_COMMANDS:
             original = getattr(collection_class, name)
             if not getattr(original, "__ledger_serialized__", False):
@@ -131,12 +386,13 @@ def _install() -> None:
         cursor_class = _collection_module.Cursor
         cursor_class._compute_results = _serialized(cursor_class._compute_results)
         _patch_sessions(_session_module.ClientSession)
-        _patch_snapshots(_store_module.CollectionStore, collection_class)
+        _patch_lookups(collection_class)
         _installed = True
 
 
 def _patch_sessions(session_class: type) -> None:
-    """Hold ENGINE_LOCK for the life of each transaction; make a repeated commit succeed as MongoDB does."""
+    """Hold ENGINE_LOCK for the life of each transaction, journal its writes at commit, and wait for the fsync
+    after releasing the lock; make a repeated commit succeed as MongoDB does."""
     original_start = session_class.start_transaction
     original_commit = session_class.commit_transaction
     original_abort = session_class.abort_transaction
@@ -144,8 +400,14 @@ def _patch_sessions(session_class: type) -> None:
     def start_transaction(self, *args, **kwargs):
         ENGINE_LOCK.acquire()
         try:
+            engine = _engine_of_session(self)
+            if engine is not None:
+                engine.check_usable()
             self._ledger_committed = False
-            return original_start(self, *args, **kwargs)
+            result = original_start(self, *args, **kwargs)
+            if engine is not None:
+                engine.transactions_open += 1
+            return result
         except BaseException:
             ENGINE_LOCK.release()
             raise
@@ -156,69 +418,154 @@ def _patch_sessions(session_class: type) -> None:
             _notify("commitTransaction", "admin")
             return None
         _notify("commitTransaction", "admin")
-        original_commit(self)
-        self._ledger_committed = True
-        ENGINE_LOCK.release()
+        if not self.in_transaction:
+            return original_commit(self)  # raises as pymongo does; no transaction holds the lock
+        engine = _engine_of_session(self)
+        ticket = None
+        try:
+            original_commit(self)
+            self._ledger_committed = True
+        finally:
+            if engine is not None:
+                engine.transactions_open -= 1
+                try:
+                    ticket = engine.flush() if engine.journaled else None
+                finally:
+                    ENGINE_LOCK.release()
+            else:
+                ENGINE_LOCK.release()
+        if engine is not None:
+            engine.wait(ticket)
         return None
 
     def abort_transaction(self):
         was_open = self.in_transaction
+        engine = _engine_of_session(self)
+        undone = [(store, list(store._undo or ())) for store in getattr(self, "_transaction_collections", ())
+                  if isinstance(store, IndexedCollectionStore)]
+        ticket = None
         try:
             original_abort(self)
         finally:
             if was_open:
-                ENGINE_LOCK.release()
+                try:
+                    if engine is not None:
+                        engine.transactions_open -= 1
+                        for store, ids in undone:  # restored to what the journal already holds
+                            engine.forget(store, ids)
+                        ticket = engine.flush() if engine.journaled else None
+                finally:
+                    ENGINE_LOCK.release()
+        if engine is not None:
+            engine.wait(ticket)
 
     session_class.start_transaction = start_transaction
     session_class.commit_transaction = commit_transaction
     session_class.abort_transaction = abort_transaction
 
 
-def _patch_snapshots(store_class: type, collection_class: type) -> None:
-    """Make a transaction's rollback snapshot cost O(documents it updates), not a deep copy of the collection.
+def _patch_lookups(collection_class: type) -> None:
+    """Answer filters and unique checks from the store's indexes; snapshot documents before in-place changes."""
+    original_iter = collection_class._iter_documents
+    original_uniques = collection_class._ensure_uniques
 
-    mongomock-ng deep-copies every collection a transaction touches when it first touches it, so each transfer
-    copied the whole ledger, outbox and transaction history (its cost grew with every transfer ever made).
-    Under ENGINE_LOCK only the transaction itself writes, and the only in-place change mongomock-ng makes to a
-    stored document is an update (inserts and deletes add or remove dict entries). So the snapshot is a shallow
-    copy of the collection (same order, same document objects) plus a deep copy of each document taken just
-    before the transaction first updates it; abort puts those back.
+    def _iter_documents(self, filter):
+        store = self._store
+        if not isinstance(store, IndexedCollectionStore):
+            return original_iter(self, filter)
+        ids = store.candidate_ids(filter)
+        if ids is None:
+            return original_iter(self, filter)  # reads store.documents: a counted full scan
+        documents = store._documents
+        candidates = [documents[doc_id] for doc_id in ids]
+        if not candidates:
+            _filter_applies(filter, {})  # an invalid filter still raises, as it would on a scan
+        return (document for document in candidates if _filter_applies(filter, document))
+
+    def _ensure_uniques(self, new_data):
+        store = self._store
+        if not isinstance(store, IndexedCollectionStore):
+            return original_uniques(self, new_data)
+        index = store.find_duplicate(new_data)
+        if index is not None:
+            raise DuplicateKeyError(
+                "E11000 Duplicate Key Error",
+                11000,
+                {"keyPattern": dict(index.key),
+                 "keyValue": {field: _helpers.get_value_by_dot(new_data, field) for field in index.fields}},
+            )
+        return None
+
+    def _preimage(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def wrapper(self, existing_document, *args, **kwargs):
+            store = self._store
+            if isinstance(store, IndexedCollectionStore):
+                store.before_change(existing_document)
+            return method(self, existing_document, *args, **kwargs)
+
+        return wrapper
+
+    collection_class._iter_documents = _iter_documents
+    collection_class._ensure_uniques = _ensure_uniques
+    for name in ("_apply_update_document", "_apply_update_pipeline", "_apply_replace_document",
+                 "_apply_empty_document"):
+        setattr(collection_class, name, _preimage(getattr(collection_class, name)))
+
+
+def _patch_sorted_find_one(collection_class: type) -> None:
+    """``find_one(filter, sort=...)`` (the outbox claim) without materialising every match.
+
+    mongomock-ng computes, copies and sorts every matching document, then keeps the first. Here the index's
+    candidates are sorted first (the same stable sort on the same keys, so ties keep natural order) and the
+    filter runs on them in that order until one matches: the same answer, at the cost of the first match.
     """
-    original_commit = store_class.commit_transaction
-    original_abort = store_class.abort_transaction
-    original_update = collection_class._update_documents
+    original = collection_class.find_one
+    if getattr(original, "__ledger_sorted__", False):
+        return
 
-    def begin_transaction(self):
-        self._saved_documents = collections.OrderedDict(self._documents)
-        self._saved_indexes = copy.deepcopy(self.indexes)
-        self._saved_ttl_indexes = copy.deepcopy(self._ttl_indexes)
-        self._ledger_preimages = {}
+    @functools.wraps(original)
+    def find_one(self, filter=None, *args, **kwargs):  # noqa: A002 - pymongo's parameter name
+        sort = kwargs.get("sort")
+        store = self._store
+        if (not sort or args or set(kwargs) - {"sort", "projection", "session"}
+                or not isinstance(filter, dict) or not isinstance(store, IndexedCollectionStore)
+                or "$near" in repr(filter)):
+            return original(self, filter, *args, **kwargs)
+        spec = _helpers.patch_datetime_awareness_in_document(filter)
+        keys = list(sort.items()) if isinstance(sort, dict) else [
+            (item, 1) if isinstance(item, str) else tuple(item) for item in sort]
+        if any(not isinstance(key, str) or key.startswith("$") for key, _direction in keys):
+            return original(self, filter, *args, **kwargs)
+        documents = store._documents
+        ordered = store.ordered_candidates(spec, keys[0][0], keys[0][1] < 0) if len(keys) == 1 else None
+        if ordered is not None:
+            # Walk the index in sort order; the first document the filter accepts is the answer.
+            candidates: Any = (documents[doc_id] for doc_id in ordered)
+        else:
+            ids = store.candidate_ids(spec)
+            if ids is None:
+                return original(self, filter, *args, **kwargs)
+            candidates = [documents[doc_id] for doc_id in ids]
+            for key, direction in reversed(keys):
+                candidates.sort(key=functools.partial(_resolve_sort_key, key), reverse=direction < 0)
+        checked = False
+        for document in candidates:
+            checked = True
+            if _filter_applies(spec, document):
+                found = self._copy_only_fields(document, kwargs.get("projection"), dict, filter=spec)
+                if found is None:
+                    continue
+                if self.codec_options.tz_aware:
+                    found = _helpers.make_datetime_timezone_aware_in_document(found)
+                document_class = self.codec_options.document_class
+                return found if document_class is dict else document_class(found)
+        if not checked:
+            _filter_applies(spec, {})  # an invalid filter still raises, as it would on a scan
+        return None
 
-    def commit_transaction(self):
-        self._ledger_preimages = None
-        original_commit(self)
-
-    def abort_transaction(self):
-        preimages = getattr(self, "_ledger_preimages", None)
-        if self._saved_documents is not None and preimages:
-            for document_id, preimage in preimages.items():
-                if document_id in self._saved_documents:
-                    self._saved_documents[document_id] = preimage
-        self._ledger_preimages = None
-        original_abort(self)
-
-    def _update_documents(self, spec, document, *args, **kwargs):
-        preimages = getattr(self._store, "_ledger_preimages", None)
-        if preimages is not None:
-            for stored in list(self._store.documents):
-                if stored["_id"] not in preimages and _filter_applies(spec, stored):
-                    preimages[stored["_id"]] = _clone_document(stored)
-        return original_update(self, spec, document, *args, **kwargs)
-
-    store_class.begin_transaction = begin_transaction
-    store_class.commit_transaction = commit_transaction
-    store_class.abort_transaction = abort_transaction
-    collection_class._update_documents = _update_documents
+    find_one.__ledger_sorted__ = True
+    collection_class.find_one = find_one
 
 
 def _notify(name: str, collection: str) -> None:
@@ -227,7 +574,49 @@ def _notify(name: str, collection: str) -> None:
             listener(name, collection)
 
 
-def create_client() -> mongomock_ng.MongoClient:
-    """A new in-memory client whose operations are serialized process-wide."""
+# ------------------------------------------------------------------------------------------- clients
+
+_engines: dict[str, Engine] = {}
+_engines_guard = threading.Lock()
+
+
+def open_engine(path: str) -> Engine:
+    """The engine serving ``path`` in this process (opened, and recovered, on first use).
+
+    The owner's engine is kept for the life of the process; a read-only view (another process owns the folder)
+    is opened afresh each time, so each CLI command sees the latest committed state.
+    """
     _install()
-    return mongomock_ng.MongoClient(tz_aware=True)
+    key = os.path.realpath(path)
+    with _engines_guard:
+        engine = _engines.get(key)
+        if engine is not None and engine.read_only_reason is None:
+            return engine
+        with ENGINE_LOCK:
+            engine = Engine.open(key)
+        if engine.read_only_reason is None:
+            _engines[key] = engine
+        else:
+            log.info("embedded engine: %s; opened a read-only view", engine.read_only_reason)
+        return engine
+
+
+def close_engine(path: str) -> None:
+    """Close this process's engine for ``path`` (releasing the folder's lock); tests use it to 'restart'."""
+    with _engines_guard:
+        engine = _engines.pop(os.path.realpath(path), None)
+    if engine is not None:
+        engine.close()
+
+
+def create_client(data_dir: str | None = None) -> mongomock_ng.MongoClient:
+    """A client of the embedded engine: a new in-memory one (``data_dir`` None or ``:memory:``), or the
+    process's engine for that folder."""
+    _install()
+    engine = Engine(None) if data_dir is None or data_dir == MEMORY else open_engine(data_dir)
+    return mongomock_ng.MongoClient(tz_aware=True, _store=engine.server_store)
+
+
+def engine_of(client: Any) -> Engine | None:
+    store = getattr(client, "_store", None)
+    return getattr(store, "_engine", None)

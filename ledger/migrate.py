@@ -56,6 +56,7 @@ from typing import Any
 import click
 import jwt
 from bson import Decimal128, ObjectId
+from flask import current_app
 from flask.cli import with_appcontext
 from pymongo import UpdateOne
 from pymongo.client_session import ClientSession
@@ -713,7 +714,10 @@ def migrate(database: Database, *, dry_run: bool = False, progress_every: int = 
 @with_appcontext
 def migrate_node_db(dry_run: bool, progress_every: int) -> None:
     """Convert a database written by the Node service (idempotent; stop the Node service first)."""
-    if db.is_embedded():
+    refusal = db.write_refusal()
+    if refusal and not dry_run:
+        raise click.ClickException(refusal)
+    if db.is_embedded() and current_app.config.get("LEDGER_DATA_DIR", ":memory:") == ":memory:":
         click.echo("warning: MONGO_URI is not set, so this migrates the embedded in-memory database of this "
                    "process (empty, and lost on exit). Set MONGO_URI to the Node service's database.")
     report = migrate(db.get_db(), dry_run=dry_run, progress_every=progress_every, echo=click.echo,

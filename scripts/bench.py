@@ -79,11 +79,14 @@ class Server:
     database: str | None
 
 
-def start_server(args: argparse.Namespace, log_path: Path, bare: bool = False) -> Server:
-    """gunicorn with the project's ``gunicorn.conf.py`` serving the service, or with ``bare`` the bare Flask app
-    of ``scripts/bench_bare.py`` in exactly the same way (same configuration, threads, access log)."""
+def start_server(args: argparse.Namespace, log_path: Path, data_dir: str | None = None,
+                 bare: bool = False) -> Server:
+    """gunicorn with the project's ``gunicorn.conf.py`` serving the service (on ``data_dir`` for the embedded
+    engine), or with ``bare`` the bare Flask app of ``scripts/bench_bare.py`` served in exactly the same way."""
     port = free_port()
     env = dict(os.environ)
+    if data_dir is not None:
+        env["LEDGER_DATA_DIR"] = data_dir
     mongo_uri = os.environ.get("MONGO_URI") or None
     database = None
     if mongo_uri and not os.environ.get("MONGO_DB_NAME"):
@@ -143,8 +146,9 @@ def stop_server(server: Server) -> None:
 
 def outbox_sender_on(args: argparse.Namespace) -> bool:
     if args.outbox_sender == "auto":
-        # On the embedded engine the sender's claim query scans every stored notification (two more per
-        # transfer) under the engine's one lock, which would measure the mock, not the service.
+        # Off on the embedded engine, as in earlier runs, so the phases compare with them: the sender shares
+        # the one process (and its lock) with the requests, and its work (one or two emails per transfer) would
+        # be counted against the transfer rate. `--outbox-sender on` includes it.
         return bool(os.environ.get("MONGO_URI"))
     return args.outbox_sender == "on"
 
@@ -387,7 +391,7 @@ def commands_line(counts: dict[str, Any] | None) -> str:
 def compare_health(args: argparse.Namespace, server: Server, stamp: str) -> dict[str, Any]:
     """``GET /health`` on the service against bare Flask served the same way: interleaved rounds, best kept."""
     log("==> starting bare Flask (scripts/bench_bare.py) under gunicorn, configured as the service")
-    bare = start_server(args, args.output / f"{stamp}-bare-server.log", bare=True)
+    bare = start_server(args, args.output / f"{stamp}-bare-server.log", data_dir=":memory:", bare=True)
     rounds: list[dict[str, Any]] = []
     try:
         for index in range(args.health_rounds):
@@ -441,8 +445,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Benchmark {report['started']}",
         "",
-        f"- engine: **{report['engine']}**" + (" (in-memory mock: every operation scans every stored document; "
-                                              "its absolute speed says nothing about MongoDB)"
+        f"- engine: **{report['engine']}**" + (" (mongomock-ng with in-memory indexes, a journal with group-commit "
+                                              "fsync and snapshots; its absolute speed says nothing about MongoDB)"
                                               if report["engine"] == "embedded" else ""),
         f"- machine: {report['machine']['cpus']} CPUs, load average at start {report['machine']['load_start']}, "
         f"at end {report['machine']['load_end']}; git {report['git']}",
@@ -452,16 +456,17 @@ def markdown(report: dict[str, Any]) -> str:
         f"(closed loop), {report['config']['duration']} s per phase, {report['config']['users']} users x "
         f"{report['config']['accounts_per_user']} accounts",
         "",
-        "| phase | route | ok/s | p50 ms | p95 ms | p99 ms | max ms | requests | errors | txn retries |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | phase | route | ok/s | p50 ms | p95 ms | p99 ms | max ms | requests | errors | txn retries |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for phase in report["phases"]:
-        lines.append(f"| {phase['phase']} | `{phase['route']}` | {phase['ok_per_second']} | {phase['p50_ms']} | "
+        lines.append(f"| {phase.get('run') or '-'} | {phase['phase']} | `{phase['route']}` | "
+                     f"{phase['ok_per_second']} | {phase['p50_ms']} | "
                      f"{phase['p95_ms']} | {phase['p99_ms']} | {phase['max_ms']} | {phase['requests']} | "
                      f"{phase['errors']} | {phase['transaction_retries']} |")
     if report["config"]["workers"] != 1:
         lines += ["", "Transaction retries are one worker's count: `GET /metrics` is per worker process."]
-    lines += ["", report["ratios"], "", report["commands_line"], ""]
+    lines += ["", report["ratios"], "", *engine_lines(report), "", report["commands_line"], ""]
     lines += overhead_lines(report)
     profile = report.get("profile")
     if profile:
@@ -479,14 +484,62 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def ratio_line(phases: list[dict[str, Any]]) -> str:
-    health = next((p for p in phases if p["phase"] == "health"), None)
     parts = []
-    for phase in phases:
-        if phase is health or not health or not phase["ok_per_second"] or not health["p50_ms"]:
-            continue
-        parts.append(f"{phase['phase']}: {health['ok_per_second'] / phase['ok_per_second']:.1f}x fewer requests/s "
-                     f"and {phase['p50_ms'] / health['p50_ms']:.1f}x the p50 latency of GET /health")
+    for run in dict.fromkeys(phase.get("run", "") for phase in phases):
+        in_run = [phase for phase in phases if phase.get("run", "") == run]
+        health = next((p for p in in_run if p["phase"] == "health"), None)
+        for phase in in_run:
+            if phase is health or not health or not health["ok_per_second"] or not health["p50_ms"]:
+                continue
+            parts.append(f"{phase['phase']}{' (' + run + ')' if run else ''}: "
+                         f"{100 * phase['ok_per_second'] / health['ok_per_second']:.0f}% of GET /health's "
+                         f"requests/s, {phase['p50_ms'] / health['p50_ms']:.1f}x its p50 latency")
     return "Against the reference: " + "; ".join(parts) if parts else "No reference ratio (needs the health phase)."
+
+
+def engine_lines(report: dict[str, Any]) -> list[str]:
+    engine = report.get("engine_figures") or {}
+    lines = []
+    for label, figures in engine.items():
+        if not figures:
+            continue
+        sizes = list(figures["sizes"])
+        lines.append(f"In-process, {label} ({figures['transfers_timed']} transfers timed per size), at "
+                     + " / ".join(f"{int(size):,}" for size in sizes) + " prior ledger entries:")
+        lines.append("- ms per transfer inside the engine, CPU: "
+                     + " / ".join(str(figures["sizes"][size]["cpu_engine"]) for size in sizes)
+                     + "; wall (with fsync waits): "
+                     + " / ".join(str(figures["sizes"][size]["engine"]) for size in sizes))
+        lines.append("- ms per transfer in all (framework and ours included), CPU: "
+                     + " / ".join(str(figures["sizes"][size]["cpu_total"]) for size in sizes)
+                     + "; wall: " + " / ".join(str(figures["sizes"][size]["total"]) for size in sizes))
+        lines.append(f"- resident memory: {figures['rss_bytes_per_stored_transfer']:,} bytes per stored transfer "
+                     f"(transaction + 2 ledger entries) over {figures['stored_transfers_seeded']:,}; process "
+                     f"{figures['rss_mb']} MB")
+        if "compact_seconds" in figures:
+            lines.append(f"- compaction at that size (snapshot of everything, writes paused): "
+                         f"{figures['compact_seconds']} s for a {figures['snapshot_mb']} MB snapshot")
+        if "startup_seconds" in figures:
+            lines.append(f"- start-up at that size (open the folder: snapshot + journal replay + indexes): "
+                         f"{figures['startup_seconds']} s for {figures['disk_mb']} MB on disk")
+    if report.get("startup_seconds"):
+        lines.append("- server start-up until ready (gunicorn, app, recovery): " + ", ".join(
+            f"{label} {seconds} s" for label, seconds in report["startup_seconds"].items()))
+    if report.get("server_rss_mb"):
+        lines.append("- server resident memory after its phases: " + ", ".join(
+            f"{label} {mb} MB" for label, mb in report["server_rss_mb"].items()))
+    return lines
+
+
+def _rss_mb(pid: int) -> float | None:
+    """Resident memory of the gunicorn worker (the master's child), in MB."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        target = int(children[0]) if children else pid
+        pages = int(Path(f"/proc/{target}/statm").read_text().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def git_revision() -> str:
@@ -528,9 +581,20 @@ def parse_args() -> argparse.Namespace:
                         help="skip counting database commands per request at 10 / 1,000 / 10,000 prior entries")
     parser.add_argument("--keep-data", action="store_true", help="with MONGO_URI, keep the benchmark database")
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results", help="results directory")
+    parser.add_argument("--data-dir", default=None,
+                        help="embedded engine: the server's LEDGER_DATA_DIR (default: a fresh temporary folder)")
+    parser.add_argument("--compare-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="embedded engine: run the phases again on LEDGER_DATA_DIR=:memory: (default on)")
+    parser.add_argument("--prefill", type=int, default=100_000,
+                        help="embedded engine: run the phases again on a folder holding this many prior transfers "
+                             "(default 100000; 0 skips)")
+    parser.add_argument("--engine-sizes", default="10,1000,10000,100000",
+                        help="embedded engine: history sizes for the in-process engine figures ('' skips)")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.users, args.accounts, args.concurrency = 4, 4, 2, 8
+        args.prefill = min(args.prefill, 10_000)
+        args.engine_sizes = "10,1000,10000" if args.engine_sizes else ""
         args.profile_transfers = min(args.profile_transfers, 100)
         args.health_rounds, args.health_duration = min(args.health_rounds, 3), min(args.health_duration, 2)
         args.overhead_rounds, args.overhead_scale = min(args.overhead_rounds, 3), min(args.overhead_scale, 300)
@@ -545,6 +609,7 @@ def parse_args() -> argparse.Namespace:
     args.health_duration = max(1.0, min(args.health_duration, 600.0))
     args.overhead_rounds = max(0, min(args.overhead_rounds, 50))
     args.overhead_scale = max(10, min(args.overhead_scale, 100_000))
+    args.prefill = max(0, min(args.prefill, 1_000_000))
     args.phases = [name.strip() for name in args.phases.split(",") if name.strip()]
     unknown = [name for name in args.phases if name not in PHASES]
     if unknown:
@@ -579,30 +644,58 @@ def main() -> None:
         "phases": [],
     }
     log(f"==> benchmark on the {engine} engine; results in {args.output}/{stamp}.*")
-    log("==> starting gunicorn on 127.0.0.1")
-    server = start_server(args, args.output / f"{stamp}-server.log")
-    try:
-        log(f"==> server ready at {server.base_url}; creating {args.users} users x {args.accounts} accounts")
-        plan = build_plan(server.base_url, args.users, args.accounts)
-        PLAN.owners, PLAN.all_accounts = plan.owners, plan.all_accounts
-        for name in args.phases:
-            route, user_class = PHASES[name]
-            log(f"==> phase {name}: {route}, {args.concurrency} clients, {args.duration:.0f} s")
-            phase = run_phase(server.base_url, name, route, user_class, args.concurrency, args.duration).summary()
-            report["phases"].append(phase)
-            log(f"    {phase['ok_per_second']} ok/s, p50 {phase['p50_ms']} ms, p95 {phase['p95_ms']} ms, "
-                f"p99 {phase['p99_ms']} ms, {phase['errors']} errors, {phase['transaction_retries']} retries")
-        if args.health_rounds:
-            report["health_vs_bare"] = compare_health(args, server, stamp)
-        report["transfers_total"] = {
-            outcome: int(metric_sum(server.base_url, f'ledger_transfers_total{{outcome="{outcome}"}}'))
-            for outcome in ("completed", "rejected", "replayed", "timeout")
-        }
-    finally:
-        stop_server(server)
-        if not args.keep_data:
-            drop_bench_database(server)
+    runs: list[tuple[str, str | None]] = [("", None)]
+    if engine == "embedded":
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="ledger-bench-"))
+        runs = [("durable", args.data_dir or str(scratch / "durable"))]
+        if args.compare_memory:
+            runs.append(("memory", ":memory:"))
+        if args.prefill:
+            prefilled = str(scratch / "prefilled")
+            log(f"==> writing {args.prefill:,} transfers into {prefilled} (in-process)")
+            report["prefill"] = in_process(["seed", "--data-dir", prefilled, "--transfers", str(args.prefill)],
+                                           timeout=3600)
+            runs.append((f"durable, {args.prefill:,} prior transfers", prefilled))
+    for label, data_dir in runs:
+        log(f"==> starting gunicorn on 127.0.0.1{' (' + label + ')' if label else ''}")
+        started = time.perf_counter()
+        server = start_server(args, args.output / f"{stamp}-server{'-' + label.split(',')[0] if label else ''}.log",
+                              data_dir)
+        report.setdefault("startup_seconds", {})[label or engine] = round(time.perf_counter() - started, 2)
+        try:
+            log(f"==> server ready at {server.base_url}; creating {args.users} users x {args.accounts} accounts")
+            plan = build_plan(server.base_url, args.users, args.accounts)
+            PLAN.owners, PLAN.all_accounts = plan.owners, plan.all_accounts
+            for name in args.phases:
+                route, user_class = PHASES[name]
+                log(f"==> phase {name}: {route}, {args.concurrency} clients, {args.duration:.0f} s")
+                phase = run_phase(server.base_url, name, route, user_class, args.concurrency,
+                                  args.duration).summary()
+                phase["run"] = label
+                report["phases"].append(phase)
+                log(f"    {phase['ok_per_second']} ok/s, p50 {phase['p50_ms']} ms, p95 {phase['p95_ms']} ms, "
+                    f"p99 {phase['p99_ms']} ms, {phase['errors']} errors, {phase['transaction_retries']} retries")
+            if args.health_rounds and "health_vs_bare" not in report:  # once, beside the first server
+                report["health_vs_bare"] = compare_health(args, server, stamp)
+            report.setdefault("transfers_total", {})[label or engine] = {
+                outcome: int(metric_sum(server.base_url, f'ledger_transfers_total{{outcome="{outcome}"}}'))
+                for outcome in ("completed", "rejected", "replayed", "timeout")
+            }
+            report.setdefault("server_rss_mb", {})[label or engine] = _rss_mb(server.process.pid)
+        finally:
+            stop_server(server)
+            if not args.keep_data:
+                drop_bench_database(server)
     report["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    if engine == "embedded" and args.engine_sizes:
+        sizes = args.engine_sizes
+        for label, data_dir in (("durable", None), ("memory", ":memory:")):
+            log(f"==> in-process: a transfer's time inside the engine at {sizes} prior entries ({label})")
+            extra = ["--data-dir", data_dir] if data_dir else []
+            report.setdefault("engine_figures", {})[label] = in_process(["engine", "--sizes", sizes, *extra],
+                                                                timeout=3600)
     if args.no_commands:
         report["commands"] = None
     else:

@@ -79,11 +79,19 @@ class InProcessApi:
                           "idempotencyKey": uuid.uuid4().hex}, expected=200)
 
 
-def build_app() -> Any:
-    """The development configuration, as ``scripts/serve`` runs it, on a database of its own."""
+def build_app(data_dir: str | None = None) -> Any:
+    """The development configuration, as ``scripts/serve`` runs it, on a database of its own (the embedded
+    engine in ``data_dir``: ``LEDGER_DATA_DIR`` when set, else a fresh temporary folder)."""
+    import tempfile
+
     from ledger import create_app
 
+    if data_dir is None:
+        data_dir = os.environ.get("LEDGER_DATA_DIR") or tempfile.mkdtemp(prefix="ledger-bench-")
+    # The configuration reads it (the development JWT secret lives in the folder) before overrides apply.
+    os.environ["LEDGER_DATA_DIR"] = data_dir
     overrides = {
+        "LEDGER_DATA_DIR": data_dir,
         "MONGO_URI": os.environ.get("MONGO_URI") or None,
         "MONGO_DB_NAME": f"ledger-bench-{uuid.uuid4().hex[:8]}",
         "SYSTEM_USER_EMAIL": SYSTEM_EMAIL,
@@ -152,6 +160,7 @@ class EngineClock:
         self.clock = clock
         self.seconds = 0.0
         self.calls = 0
+        self.cpu_seconds = 0.0
         self._depth = threading.local()
         self._patched: list[tuple[type, str, Any, bool]] = []
 
@@ -186,11 +195,12 @@ class EngineClock:
             if depth:
                 return method(*args, **kwargs)
             local.value = 1
-            started = now()
+            started, cpu_started = now(), time.thread_time()
             try:
                 return method(*args, **kwargs)
             finally:
                 clock.seconds += now() - started
+                clock.cpu_seconds += time.thread_time() - cpu_started
                 clock.calls += 1
                 local.value = 0
 
@@ -207,14 +217,17 @@ class EngineClock:
 
 def _split(app: Any, action: Any, transfers: int) -> dict[str, float]:
     """Milliseconds per transfer in all, and inside the storage engine's commands (embedded engine only)."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.thread_time()
     with EngineClock(app) as clock:
         action()
     total = (time.perf_counter() - started) * 1000 / transfers
+    cpu_total = (time.thread_time() - cpu_started) * 1000 / transfers
     if os.environ.get("MONGO_URI"):  # the clock times the embedded engine only; MongoDB's time is in the total
         return {"total": round(total, 2)}
     engine = clock.seconds * 1000 / transfers
-    return {"total": round(total, 2), "engine": round(engine, 2), "outside_engine": round(total - engine, 2)}
+    # CPU time is what a busy machine does not distort; wall time adds waiting (fsync, other processes).
+    return {"total": round(total, 2), "engine": round(engine, 2), "outside_engine": round(total - engine, 2),
+            "cpu_total": round(cpu_total, 2), "cpu_engine": round(clock.cpu_seconds * 1000 / transfers, 2)}
 
 
 def count_commands(sizes: list[int]) -> dict[str, Any]:
@@ -345,6 +358,90 @@ def overhead(rounds: int, scale: int) -> dict[str, Any]:
     return {"rounds": rounds, "load_average": [round(x, 2) for x in os.getloadavg()], "table": table}
 
 
+# ------------------------------------------------------------------------------------------- engine
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def engine_figures(sizes: list[int], data_dir: str, transfers: int) -> dict[str, Any]:
+    """ms per transfer (in all, and inside the engine) at each history size, RSS per stored transfer at the
+    largest, and the time to open (recover) the folder at that size."""
+    import gc
+
+    from bson import ObjectId
+
+    from ledger import db, embedded
+    from tests.history import seed_history
+
+    app = build_app(data_dir)
+    api = InProcessApi(app)
+    token = api.user()
+    busy, other = api.account(token, 1_000_000), api.account(token)
+    recipient = api.account(api.user())
+    for _ in range(20):  # warm up
+        api.transfer(token, busy, recipient)
+    result: dict[str, Any] = {"data_dir": data_dir, "transfers_timed": transfers, "sizes": {}}
+    gc.collect()
+    rss_start = _rss_bytes()
+    seeded = 0
+    for size in sizes:
+        with app.app_context():
+            entries = db.get_db(app).accounts.find_one({"_id": ObjectId(busy)}, {"seq": 1})["seq"]
+        started = time.perf_counter()
+        seed_history(app, busy, other, size - entries)
+        seeded += max(0, size - entries)
+        seed_seconds = time.perf_counter() - started
+        figures = _split(app, lambda: [api.transfer(token, busy, recipient) for _ in range(transfers)], transfers)
+        figures["seed_seconds"] = round(seed_seconds, 1)
+        result["sizes"][size] = figures
+    gc.collect()
+    result["rss_mb"] = round(_rss_bytes() / 2**20, 1)
+    result["rss_bytes_per_stored_transfer"] = round((_rss_bytes() - rss_start) / max(seeded, 1))
+    result["stored_transfers_seeded"] = seeded
+    if data_dir != embedded.MEMORY:
+        client = db.get_client(app)
+        engine = embedded.engine_of(client)
+        result["fsyncs"] = engine.journal.fsyncs if engine and engine.journal else None
+        if engine is not None and engine.journal is not None:
+            # Compaction (a snapshot of everything) runs under the engine's lock: writes pause this long.
+            with embedded.ENGINE_LOCK:
+                started = time.perf_counter()
+                engine.compact()
+                result["compact_seconds"] = round(time.perf_counter() - started, 2)
+            result["snapshot_mb"] = round(engine.snapshot_size / 2**20, 1)
+        # Start-up at this size: close the engine and open the folder again, as a restart does.
+        db.reset_client()
+        embedded.close_engine(data_dir)
+        size_on_disk = sum(os.path.getsize(os.path.join(data_dir, name)) for name in os.listdir(data_dir))
+        started = time.perf_counter()
+        reopened = embedded.open_engine(data_dir)
+        result["startup_seconds"] = round(time.perf_counter() - started, 2)
+        result["startup_replayed_journal_records"] = reopened.replayed_records
+        result["disk_mb"] = round(size_on_disk / 2**20, 1)
+        embedded.close_engine(data_dir)
+    return result
+
+
+def seed_folder(data_dir: str, transfers: int) -> dict[str, Any]:
+    """Leave ``transfers`` completed transfers in the embedded engine's folder ``data_dir`` (for the server)."""
+    from ledger import db, embedded
+    from tests.history import seed_history
+
+    app = build_app(data_dir)
+    api = InProcessApi(app)
+    token = api.user()
+    first, second = api.account(token, 1_000_000), api.account(token)
+    started = time.perf_counter()
+    seed_history(app, first, second, transfers)
+    seconds = time.perf_counter() - started
+    db.reset_client()
+    embedded.close_engine(data_dir)
+    return {"data_dir": data_dir, "transfers": transfers, "seconds": round(seconds, 1)}
+
+
 # ------------------------------------------------------------------------------------------- profile
 
 CATEGORIES = (
@@ -463,6 +560,13 @@ def main() -> None:
     over = sub.add_parser("overhead")
     over.add_argument("--rounds", type=int, default=10)
     over.add_argument("--scale", type=int, default=1000)
+    engine = sub.add_parser("engine")
+    engine.add_argument("--sizes", default="10,1000,10000,100000")
+    engine.add_argument("--transfers", type=int, default=50)
+    engine.add_argument("--data-dir", default=None, help="a folder (default: a fresh temporary one) or :memory:")
+    seed = sub.add_parser("seed")
+    seed.add_argument("--data-dir", required=True)
+    seed.add_argument("--transfers", type=int, default=100_000)
     profile = sub.add_parser("profile")
     profile.add_argument("--transfers", type=int, default=300)
     profile.add_argument("--out", type=Path, default=ROOT / "bench-results")
@@ -472,6 +576,14 @@ def main() -> None:
         result = count_commands([int(size) for size in args.sizes.split(",")])
     elif args.what == "overhead":
         result = overhead(max(1, min(args.rounds, 50)), max(10, min(args.scale, 100_000)))
+    elif args.what == "seed":
+        result = seed_folder(args.data_dir, max(1, min(args.transfers, 1_000_000)))
+    elif args.what == "engine":
+        import tempfile
+
+        data_dir = args.data_dir or tempfile.mkdtemp(prefix="ledger-bench-")
+        result = engine_figures([int(size) for size in args.sizes.split(",")], data_dir,
+                                max(1, min(args.transfers, 10_000)))
     else:
         result = profile_transfers(max(1, min(args.transfers, 100_000)), args.out, args.label)
     sys.stdout.write(json.dumps(result) + "\n")

@@ -20,6 +20,9 @@ from flask.testing import FlaskClient
 from ledger import create_app, db
 
 REPLICA_SET_URI = os.environ.get("LEDGER_TEST_MONGO_URI")
+# A development configuration loaded by a test keeps its generated secret (and data) in memory, never in the
+# working directory's .ledger-data; tests that need a folder name one under tmp_path.
+os.environ["LEDGER_DATA_DIR"] = ":memory:"
 
 SYSTEM_EMAIL = "system@ledger.test"
 SYSTEM_PASSWORD = "system-password-1"

@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_SECONDS = 30
 # Variables of the test runner's environment that must not leak into the server under test.
 _NOT_INHERITED = {"MONGO_URI", "MONGO_DB_NAME", "APP_ENV", "NODE_ENV", "LEDGER_TEST_MONGO_URI", "MAIL_SERVER",
-                  "COOKIE_SECURE"}
+                  "COOKIE_SECURE", "LEDGER_DATA_DIR", "LEDGER_DATA_LOCK_FD"}
 # Mail settings, and the Node service's Gmail OAuth2 ones that stop start-up, must not leak in either.
 _NOT_INHERITED |= {"MAIL_BACKEND", "MAIL_USERNAME", "MAIL_PASSWORD", "EMAIL_USER", "EMAIL_PASS", "CLIENT_ID",
                    "CLIENT_SECRET", "REFRESH_TOKEN", "ACCESS_TOKEN"}
@@ -66,7 +66,9 @@ def running_gunicorn(log_dir: Path, environment: dict[str, str]) -> Iterator[Gun
     """Run gunicorn with ``environment`` on top of the runner's own (minus database and mode variables)."""
     port = free_loopback_port()
     env = {key: value for key, value in os.environ.items() if key not in _NOT_INHERITED}
-    env.update({"PORT": str(port), "BCRYPT_ROUNDS": "4", "PYTHONUNBUFFERED": "1", **environment})
+    # The embedded engine keeps its folder next to the log unless the test names one (never the repository's).
+    env.update({"PORT": str(port), "BCRYPT_ROUNDS": "4", "PYTHONUNBUFFERED": "1",
+                "LEDGER_DATA_DIR": str(log_dir / "ledger-data"), **environment})
     log_path = log_dir / "server.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(  # noqa: S603 - a fixed command line, no shell

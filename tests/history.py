@@ -2,29 +2,22 @@
 
 Ten thousand transfers over HTTP would take minutes; ``seed_history`` writes the same documents a run of
 transfers would leave — transaction records and both ledger entries of each, with consecutive sequence numbers
-running ``balanceAfter`` and the hash chain — with a few ``insert_many`` calls, then sets each account's ``balance`` and
-``seq`` to match, so ``verify-ledger`` still finds every balance equal to its entries.
+running ``balanceAfter`` and the hash chain — with a few ``insert_many`` calls, then sets each account's
+``balance``, ``seq`` and ``lastHash`` to match, so ``verify-ledger`` still finds every balance equal to its entries.
 
-The embedded engine checks a unique index by scanning every stored document on each insert (quadratic for a
-bulk load; MongoDB uses the index). On it, the unique indexes of the two collections are dropped for the load
-and created again afterwards, which checks uniqueness once, in one pass.
+Both engines check the unique indexes through the index as the documents go in, so the indexes stay in place.
 """
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 from bson import ObjectId
 from flask import Flask
-from pymongo import IndexModel
 
 from ledger import db, hashchain
 from ledger.models import utcnow
-
-SEEDED = ("transactions", "ledgers")
 
 
 def seed_history(app: Flask, first_id: str, second_id: str, entries: int, amount_minor: int = 1) -> None:
@@ -73,30 +66,9 @@ def seed_history(app: Flask, first_id: str, second_id: str, entries: int, amount
                 entry["prevHash"] = account_state["lastHash"]
                 entry["hash"] = account_state["lastHash"] = hashchain.entry_hash(entry, entry["prevHash"])
             ledgers.append(entry)
-    with _unique_indexes_suspended(app):
-        database.transactions.insert_many(transactions, ordered=False)
-        database.ledgers.insert_many(ledgers, ordered=False)
+    database.transactions.insert_many(transactions, ordered=False)
+    database.ledgers.insert_many(ledgers, ordered=False)
     for account_id, account_state in state.items():
         head = account_state.pop("lastHash")
         database.accounts.update_one({"_id": account_id}, {"$set": {**account_state, "updatedAt": now,
                                                                     **({"lastHash": head} if head else {})}})
-
-
-@contextlib.contextmanager
-def _unique_indexes_suspended(app: Flask) -> Iterator[None]:
-    """On the embedded engine, drop the seeded collections' unique indexes and recreate them on exit."""
-    if not db.is_embedded(app):
-        yield
-        return
-    database = db.get_db(app)
-    dropped: dict[str, list[IndexModel]] = {}
-    for name, models in db.declared_indexes().items():
-        if name in SEEDED:
-            dropped[name] = [model for model in models if model.document.get("unique")]
-            for model in dropped[name]:
-                database[name].drop_index(model.document["name"])
-    try:
-        yield
-    finally:
-        for name, models in dropped.items():
-            database[name].create_indexes(models)

@@ -27,6 +27,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OUTBOX_SENDER_ENABLED", "false")
     monkeypatch.setenv("BCRYPT_ROUNDS", "4")
+    monkeypatch.setenv("LEDGER_DATA_DIR", ":memory:")  # never the repository's .ledger-data
     return monkeypatch
 
 
@@ -101,6 +102,22 @@ def test_two_development_processes_without_jwt_secret_do_not_share_a_secret(clea
         assert first.config["JWT_SECRET_KEY"] != second.config["JWT_SECRET_KEY"]
     finally:
         drop_database(first)
+
+
+def test_the_generated_development_secret_lives_in_the_data_folder(clean_env, tmp_path):
+    # A restart on the same folder keeps everyone logged in; another folder gets a secret of its own.
+    from config import load_config
+
+    clean_env.setenv("APP_ENV", "development")
+    clean_env.setenv("LEDGER_DATA_DIR", str(tmp_path / "one"))
+    first, again = load_config(), load_config()
+    clean_env.setenv("LEDGER_DATA_DIR", str(tmp_path / "two"))
+    other = load_config()
+    assert first.GENERATED_JWT_SECRET
+    assert first.JWT_SECRET_STORED
+    assert first.JWT_SECRET_KEY == again.JWT_SECRET_KEY != other.JWT_SECRET_KEY
+    assert len(first.JWT_SECRET_KEY) >= 32
+    assert (tmp_path / "one" / "jwt-secret").stat().st_mode & 0o077 == 0
 
 
 def test_an_explicit_jwt_secret_is_used_as_given(clean_env):

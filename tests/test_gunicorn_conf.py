@@ -15,8 +15,10 @@ CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
 
 
 def load_conf(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict:
-    for name in ("MONGO_URI", "WEB_CONCURRENCY", "PORT", "BIND", "GUNICORN_CONTROL_SOCKET"):
+    for name in ("MONGO_URI", "WEB_CONCURRENCY", "PORT", "BIND", "GUNICORN_CONTROL_SOCKET", "APP_ENV"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LEDGER_DATA_DIR", ":memory:")  # never lock the repository's .ledger-data
+    monkeypatch.setenv("LEDGER_DATA_LOCK_FD", "")  # on_starting sets it; restored (removed) after the test
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return runpy.run_path(str(CONF))
@@ -46,6 +48,24 @@ def test_preloading_the_embedded_engine_is_refused_at_start(monkeypatch):
     with pytest.raises(RuntimeError, match="--preload cannot be used with the embedded engine"):
         conf["on_starting"](server)
     conf["on_starting"](SimpleNamespace(cfg=SimpleNamespace(preload_app=False)))  # the default starts
+
+
+def test_a_second_server_on_an_owned_data_folder_fails_at_start_naming_the_holder(monkeypatch, tmp_path):
+    import fcntl
+
+    data_dir = tmp_path / "data"
+    conf = load_conf(monkeypatch, LEDGER_DATA_DIR=str(data_dir))
+    conf["on_starting"](SimpleNamespace(cfg=SimpleNamespace(preload_app=False)))
+    fd = int(os.environ["LEDGER_DATA_LOCK_FD"])  # the master holds the lock; its workers inherit this fd
+    try:
+        assert os.get_inheritable(fd)
+        assert f'"pid": {os.getpid()}' in (data_dir / "LOCK").read_text()
+        monkeypatch.setenv("LEDGER_DATA_LOCK_FD", "")  # what another, unrelated process would have
+        with pytest.raises(RuntimeError, match=rf"in use by a running server \(pid {os.getpid()} on "):
+            conf["on_starting"](SimpleNamespace(cfg=SimpleNamespace(preload_app=False)))
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def test_a_forked_worker_gets_its_own_client_so_no_post_fork_hook_is_needed(app, monkeypatch):

@@ -477,7 +477,12 @@ def stop_background_sender(app: Flask) -> None:
 def send_emails(once: bool, poll_seconds: float | None) -> None:
     """Deliver the email outbox: once, or in a loop until SIGINT/SIGTERM."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    _warn_if_embedded(app, "only mail queued by this process can be sent")
+    refusal = db.write_refusal(app)
+    if refusal:  # sending marks messages sent: a write
+        raise click.ClickException(refusal)
+    if db.is_embedded(app) and app.config.get("LEDGER_DATA_DIR", ":memory:") == ":memory:":
+        click.echo("warning: MONGO_URI is not set; this process has its own empty embedded database, "
+                   "so only mail queued by this process can be sent", err=True)
     if once:
         with progress.bar("messages", due_count(db.get_db(app)), unit="msg") as bar:
             report = drain(app, on_message=lambda _result: bar.update())
@@ -545,6 +550,9 @@ def requeue(message_ids: tuple[str, ...], requeue_all: bool) -> None:
     """
     if bool(message_ids) == requeue_all:
         raise click.UsageError("give the ids of parked messages, or --all (not both)")
+    refusal = db.write_refusal(current_app)
+    if refusal:  # re-queueing changes messages: a write
+        raise click.ClickException(refusal)
     _warn_if_embedded(current_app, "there is nothing here to re-queue")
     query: dict[str, Any] = {"status": PARKED}
     database = db.get_db()
@@ -573,7 +581,7 @@ def requeue(message_ids: tuple[str, ...], requeue_all: bool) -> None:
 
 
 def _warn_if_embedded(app: Flask, consequence: str) -> None:
-    if db.is_embedded(app):
+    if db.is_embedded(app) and app.config.get("LEDGER_DATA_DIR", ":memory:") == ":memory:":
         click.echo(f"warning: MONGO_URI is not set; this process has its own empty embedded database, so "
                    f"{consequence}", err=True)
 

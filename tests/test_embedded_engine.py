@@ -1,0 +1,224 @@
+"""The embedded engine's indexes, unique checks, TTL and transactions agree with a plain scan.
+
+Every filter answered from an index must return exactly what mongomock-ng's full scan (``filter_applies`` on
+every document, in natural order) returns; unique indexes must refuse exactly the duplicates; an aborted
+transaction must leave documents, indexes and natural order as they were. Hypothesis generates the documents
+(missing fields, nulls, arrays, mixed types, aware and naive datetimes) and the filters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import itertools
+
+import pytest
+from bson import ObjectId
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mongomock_ng import helpers
+from mongomock_ng.filtering import filter_applies
+from pymongo import ASCENDING, IndexModel
+from pymongo.errors import DuplicateKeyError
+
+from ledger import embedded
+
+_BASE = datetime.datetime(2026, 1, 1, 12, 0, 0)
+_IDS = itertools.count()
+
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=3),
+    st.sampled_from([1.0, 2.5, -0.0]),
+    st.sampled_from(["a", "b", "B", ""]),
+    st.sampled_from([ObjectId("000000000000000000000001"), ObjectId("000000000000000000000002")]),
+    st.integers(min_value=0, max_value=3).map(lambda n: _BASE + datetime.timedelta(seconds=n)),
+    st.integers(min_value=0, max_value=3).map(
+        lambda n: (_BASE + datetime.timedelta(seconds=n)).replace(tzinfo=datetime.UTC)),
+)
+stored_values = st.one_of(values, st.lists(values, max_size=3))
+documents = st.fixed_dictionaries({}, optional={"a": stored_values, "b": stored_values, "c": values})
+
+
+def _conditions() -> st.SearchStrategy:
+    return st.one_of(
+        values,
+        values.map(lambda v: {"$eq": v}),
+        st.lists(values, min_size=1, max_size=3).map(lambda vs: {"$in": vs}),
+        values.map(lambda v: {"$ne": v}),
+        st.integers(min_value=-3, max_value=3).map(lambda v: {"$gte": v}),
+        st.dictionaries(st.sampled_from(["$gt", "$gte", "$lt", "$lte"]), values, min_size=1, max_size=2),
+        st.lists(values, max_size=2),  # whole-array equality
+    )
+
+
+filters = st.one_of(
+    st.dictionaries(st.sampled_from(["a", "b", "c"]), _conditions(), max_size=3),
+    st.lists(st.dictionaries(st.sampled_from(["a", "b", "c"]), _conditions(), min_size=1, max_size=2),
+             min_size=1, max_size=3).map(lambda branches: {"$or": branches}),
+)
+
+
+def _fresh_collection(indexes: list[IndexModel], docs: list | None = None, late: bool = False):
+    """A new collection holding ``docs``; its indexes built before the inserts, or (``late``) over them, as a
+    restart or a new index builds them."""
+    client = embedded.create_client(embedded.MEMORY)
+    collection = client["engine-test"][f"c{next(_IDS)}"]
+    if indexes and not late:
+        collection.create_indexes(indexes)
+    for doc in docs or ():
+        collection.insert_one(dict(doc))
+    if indexes and late:
+        collection.create_indexes(indexes)
+    return collection
+
+
+def _scan(collection, query: dict) -> list:
+    # What mongomock-ng's plain scan returns: every stored document the filter (with datetimes made naive UTC,
+    # as its cursor does) applies to, in natural order.
+    query = helpers.patch_datetime_awareness_in_document(query)
+    stored = list(collection._store._documents.values())
+    return [doc["_id"] for doc in stored if filter_applies(query, doc)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(docs=st.lists(documents, max_size=12), query=filters, late=st.booleans())
+def test_indexed_answers_equal_a_full_scan(docs, query, late):
+    collection = _fresh_collection([IndexModel([("a", ASCENDING)]), IndexModel([("a", ASCENDING), ("b", ASCENDING)]),
+                                    IndexModel([("c", ASCENDING)], sparse=True)], docs, late)
+    # Update some documents in place, so the index must follow changes mongomock-ng makes to stored objects.
+    collection.update_many({"c": 1}, {"$set": {"a": "b"}})
+    try:
+        expected = _scan(collection, query)
+    except Exception as exc:  # an invalid filter must fail the same way through the index
+        with pytest.raises(type(exc)):
+            list(collection.find(query))
+        return
+    assert [doc["_id"] for doc in collection.find(query)] == expected
+    assert collection.count_documents(query) == len(expected)
+
+
+sorts = st.lists(st.tuples(st.sampled_from(["a", "b", "c", "_id"]), st.sampled_from([1, -1])),
+                 min_size=1, max_size=2, unique_by=lambda item: item[0])
+
+
+# Mostly one class per key, so the index's ordered buckets (not only the fallback sort) are exercised.
+ordered_documents = st.fixed_dictionaries(
+    {"a": st.sampled_from(["x", "y"]), "b": st.one_of(st.integers(0, 4), st.integers(0, 4).map(
+        lambda n: _BASE + datetime.timedelta(seconds=n)))},
+    optional={"c": st.integers(0, 2)})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(docs=st.lists(st.one_of(documents, ordered_documents, ordered_documents), max_size=14), query=filters,
+       sort=sorts, abort=st.booleans(), late=st.booleans())
+def test_find_one_with_a_sort_equals_the_first_of_the_sorted_scan(docs, query, sort, abort, late):
+    collection = _fresh_collection([IndexModel([("a", ASCENDING), ("b", ASCENDING)])], docs, late)
+    collection.update_many({"c": 1}, {"$set": {"b": 2}})  # moves documents within the ordered buckets
+    collection.delete_many({"c": 2})
+    if abort:  # an aborted transaction must leave the ordered buckets as they were
+        with collection.database.client.start_session() as session:
+            session.start_transaction()
+            collection.update_many({"a": "x"}, {"$set": {"b": 3}}, session=session)
+            collection.insert_one({"a": "y", "b": 0}, session=session)
+            session.abort_transaction()
+    try:
+        expected = list(collection.find(query, sort=sort, limit=1))  # mongomock-ng's own path
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            collection.find_one(query, sort=sort)
+        return
+    assert collection.find_one(query, sort=sort) == (expected[0] if expected else None)
+
+
+def test_lookups_on_declared_indexes_never_scan():
+    collection = _fresh_collection([IndexModel([("user", ASCENDING), ("status", ASCENDING)])])
+    collection.insert_many([{"user": n % 3, "status": "ACTIVE" if n % 2 else "FROZEN"} for n in range(30)])
+    with embedded.no_scans():
+        assert collection.count_documents({"user": 1}) == 10
+        assert collection.count_documents({"user": {"$in": [1, 2]}, "status": "ACTIVE"}) == 10
+        first = collection.find_one({"user": 2})
+        assert collection.find_one({"_id": first["_id"]})["user"] == 2
+        collection.update_one({"_id": first["_id"], "status": first["status"]}, {"$set": {"status": "CLOSED"}})
+        assert collection.count_documents({"user": 2, "status": "CLOSED"}) == 1
+        with pytest.raises(embedded.ScanForbidden):
+            collection.find_one({"status": "ACTIVE"})  # no index leads with status
+    before = embedded.SCANS[collection.name]
+    assert collection.count_documents({"status": "ACTIVE"}) == 15
+    assert embedded.SCANS[collection.name] == before + 1  # the fallback is counted
+
+
+@settings(max_examples=150, deadline=None)
+@given(docs=st.lists(documents, max_size=10), candidate=documents, sparse=st.booleans())
+def test_unique_indexes_refuse_exactly_the_duplicates(docs, candidate, sparse):
+    collection = _fresh_collection([IndexModel([("a", ASCENDING), ("b", ASCENDING)], unique=True, sparse=sparse)])
+    for doc in docs:
+        with contextlib.suppress(DuplicateKeyError):
+            collection.insert_one(dict(doc))
+    stored = list(collection._store._documents.values())
+    index = collection._store._index_objects["a_1_b_1"]
+    new_entries = index.entries(helpers.patch_datetime_awareness_in_document(candidate)) or ()  # as stored
+    clash = any(set(new_entries) & set(index.entries(doc) or ()) for doc in stored)
+    if clash:
+        with pytest.raises(DuplicateKeyError):
+            collection.insert_one(dict(candidate))
+    else:
+        collection.insert_one(dict(candidate))
+
+
+def test_an_aborted_transaction_restores_documents_indexes_and_order():
+    collection = _fresh_collection([IndexModel([("k", ASCENDING)], unique=True)])
+    collection.insert_many([{"_id": n, "k": n, "v": 0} for n in range(5)])
+    client = collection.database.client
+    with client.start_session() as session:
+        session.start_transaction()
+        collection.update_one({"_id": 1}, {"$set": {"k": 10, "v": 1}}, session=session)
+        collection.delete_one({"_id": 2}, session=session)
+        collection.insert_one({"_id": 9, "k": 2}, session=session)  # takes the deleted document's key
+        session.abort_transaction()
+    assert [doc["_id"] for doc in collection.find({})] == [0, 1, 2, 3, 4]
+    assert collection.find_one({"k": 1})["_id"] == 1
+    assert collection.find_one({"k": 10}) is None
+    assert collection.find_one({"k": 2})["_id"] == 2
+    assert collection.find_one({"_id": 9}) is None
+    with pytest.raises(DuplicateKeyError):
+        collection.insert_one({"k": 1})
+
+
+def test_ttl_indexes_expire_documents_without_scanning(monkeypatch):
+    import mongomock_ng
+
+    collection = _fresh_collection([IndexModel([("expiresAt", ASCENDING)], expireAfterSeconds=0),
+                                    IndexModel([("tokenHash", ASCENDING)], unique=True, sparse=True)])
+    now = datetime.datetime.now(datetime.UTC)
+    collection.insert_many([{"tokenHash": f"t{n}", "expiresAt": now + datetime.timedelta(minutes=n)}
+                            for n in range(1, 4)])
+    monkeypatch.setattr(mongomock_ng, "utcnow", lambda: now + datetime.timedelta(minutes=2, seconds=1))
+    with embedded.no_scans():
+        assert collection.find_one({"tokenHash": "t1"}) is None
+        assert collection.find_one({"tokenHash": "t2"}) is None
+        assert collection.find_one({"tokenHash": "t3"}) is not None
+
+
+def test_the_outbox_claim_walks_the_index_in_order_and_stops_at_the_first_match(monkeypatch):
+    from ledger.embedded_store import IndexedCollectionStore
+
+    collection = _fresh_collection([IndexModel([("status", ASCENDING), ("nextAttemptAt", ASCENDING)])])
+    now = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    backlog = [{"status": "PENDING", "nextAttemptAt": now - datetime.timedelta(seconds=n)} for n in range(2000)]
+    backlog += [{"status": "PENDING", "nextAttemptAt": now + datetime.timedelta(hours=1)}] * 5  # not due yet
+    collection.insert_many([dict(doc) for doc in backlog])
+    claim = {"$or": [{"status": "PENDING", "nextAttemptAt": {"$lte": now}},
+                     {"status": "SENDING", "claimedUntil": {"$lte": now}}]}
+    store = collection._store
+    assert isinstance(store, IndexedCollectionStore)
+    assert store.ordered_candidates(claim, "nextAttemptAt", False) is not None
+    checked = []
+    original = embedded._filter_applies
+    monkeypatch.setattr(embedded, "_filter_applies", lambda spec, doc: checked.append(1) or original(spec, doc))
+    with embedded.no_scans():
+        claimed = collection.find_one_and_update(claim, {"$set": {"status": "SENDING"}},
+                                                 sort=[("nextAttemptAt", 1)])
+    assert claimed["nextAttemptAt"] == (now - datetime.timedelta(seconds=1999)).replace(tzinfo=datetime.UTC)
+    assert len(checked) <= 3  # the oldest due message, not the whole backlog

@@ -208,6 +208,8 @@ def with_header_key(body: dict[str, Any]) -> dict[str, Any]:
 def body() -> Any:
     """The request's JSON body, validated by the endpoint's declared model (a 400/413/415 otherwise)."""
     declaration = _current()
+    if declaration.body is None:  # pragma: no cover - a programming error
+        raise LookupError(f"{request.endpoint} declares no body")
     raw = json_body(required=declaration.body_required)
     if declaration.idempotency_header:
         raw = with_header_key(raw)
@@ -217,6 +219,8 @@ def body() -> Any:
 def query() -> Any:
     """The query string, validated by the endpoint's declared model (an absent parameter is ``None``)."""
     model = _current().query
+    if model is None:  # pragma: no cover - a programming error
+        raise LookupError(f"{request.endpoint} declares no query parameters")
     args = request.args
     return model.model_validate({info.alias or name: args.get(info.alias or name)
                                  for name, info in model.model_fields.items()})

@@ -25,7 +25,7 @@ from ledger.models import ACCOUNT_STATUSES
 from ledger.services import history
 from ledger.services import holds as hold_service
 
-OBJECT_ID_PATTERN = "^[0-9a-fA-F]{24}$"
+OBJECT_ID_PATTERN = validation.OBJECT_ID_PATTERN
 NO_CONTROL_CHARACTERS = "^[^\\u0000-\\u001F\\u007F]*$"
 SCHEMA_REF = "#/components/schemas/{model}"
 

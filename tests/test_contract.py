@@ -19,7 +19,19 @@ from hypothesis import strategies as st
 
 from ledger import validation
 from ledger.api import schemas
-from ledger.api.contract import PUBLIC, body, build_spec, declare, error, errors, ok, query, undocumented_routes
+from ledger.api.contract import (
+    PUBLIC,
+    body,
+    build_spec,
+    declare,
+    error,
+    errors,
+    ok,
+    path,
+    query,
+    undeclared_path_parameters,
+    undocumented_routes,
+)
 from ledger.api.openapi import build_spec as served_builder
 from ledger.errors import ValidationFailed
 from tests.conftest import make_app
@@ -36,12 +48,14 @@ def _declared_blueprint() -> Blueprint:
 
     @bp.post("/probe/<hold_id>/fund")
     @declare("probeFund", tag="operations", summary="A probe", security=PUBLIC, body=schemas.FundingRequest,
-             query=schemas.EntriesQuery, idempotency_header=True,
+             query=schemas.EntriesQuery, idempotency_header=True, path={"hold_id": schemas.HOLD_ID},
              responses={201: ok("Probed.", schemas.Message), 409: error("A probe conflict."), **errors(400, 503)})
     def probe(hold_id: str):
+        hold = path("hold_id")
         funding = body()
         page = query()
-        return jsonify({"message": f"{funding.toAccount} {funding.amount} {funding.idempotencyKey} {page.limit}"}), 201
+        return jsonify({"message": f"{hold} {funding.toAccount} {funding.amount} {funding.idempotencyKey} "
+                                   f"{page.limit}"}), 201
 
     return bp
 
@@ -88,6 +102,25 @@ def test_a_route_without_a_declaration_is_reported_and_left_out() -> None:
     assert "/bare" not in build_spec(app)["paths"]
 
 
+def test_every_path_parameter_of_every_route_is_declared(app: Flask) -> None:
+    assert undeclared_path_parameters(app) == []
+
+
+def test_an_undeclared_path_parameter_is_reported_and_documented_as_a_plain_string() -> None:
+    bp = Blueprint("loose", __name__)
+
+    @bp.get("/loose/<thing>")
+    @declare("loose", tag="operations", summary="Loose", responses={200: ok("Loose.")})
+    def loose(thing: str):
+        return thing
+
+    app = _app_with(bp)
+
+    assert undeclared_path_parameters(app) == ["<thing> in /loose/<thing>"]
+    assert build_spec(app)["paths"]["/loose/{thing}"]["parameters"] == [
+        {"name": "thing", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
 def test_removing_one_declaration_from_a_real_route_fails_the_documented_routes_check(app: Flask) -> None:
     view = app.view_functions["holds.get_hold"]
     declared = view.__ledger_contract__
@@ -104,18 +137,24 @@ def test_the_declared_route_validates_with_the_models_it_documents() -> None:
     client = app.test_client()
     good = {"toAccount": "65f1c0ffee0123456789abcd", "amount": 10.5}
 
-    response = client.post("/probe/x/fund?limit=7", json=good, headers={"Idempotency-Key": "k-1"})
+    hold = "/probe/65f1c0ffee0123456789abce/fund"
+    response = client.post(hold + "?limit=7", json=good, headers={"Idempotency-Key": "k-1"})
     assert response.status_code == 201
-    assert response.get_json() == {"message": "65f1c0ffee0123456789abcd 10.5 k-1 7"}
+    assert response.get_json() == {"message": "65f1c0ffee0123456789abce 65f1c0ffee0123456789abcd 10.5 k-1 7"}
 
-    missing = client.post("/probe/x/fund", json={"amount": 1})
+    bad_path = client.post("/probe/x/fund", json={"amount": 1})
+    assert bad_path.status_code == 400
+    assert bad_path.get_json() == {"message": "Invalid hold id", "status": "failed",
+                                   "errors": {"id": "must be a 24-character hexadecimal id"}}
+
+    missing = client.post(hold, json={"amount": 1})
     assert missing.status_code == 400
     assert missing.get_json()["message"] == "Missing required fields: toAccount, amount, idempotencyKey"
 
-    bad_limit = client.post("/probe/x/fund?limit=0", json=good, headers={"Idempotency-Key": "k-1"})
+    bad_limit = client.post(hold + "?limit=0", json=good, headers={"Idempotency-Key": "k-1"})
     assert bad_limit.get_json()["message"] == "limit must be an integer from 1 to 200"
 
-    differing = client.post("/probe/x/fund", json={**good, "idempotencyKey": "a"}, headers={"Idempotency-Key": "b"})
+    differing = client.post(hold, json={**good, "idempotencyKey": "a"}, headers={"Idempotency-Key": "b"})
     assert differing.get_json()["message"] == "Idempotency-Key header and idempotencyKey field differ"
 
 

@@ -12,8 +12,9 @@
         ...
 
 :func:`declare` only attaches a :class:`Declaration` to the view (no wrapper, nothing added per request).
-:func:`body` and :func:`query` validate the request against the *declared* models of the endpoint being served,
-so a route cannot read a body other than the one it documents. :func:`build_spec` walks ``app.url_map`` and
+:func:`body`, :func:`query` and :func:`path` validate the request against the *declared* models and path rules
+of the endpoint being served, so a route cannot read input other than the one it documents; each is called
+where the view needs it, so the order of checks (403 before 400, path before body) stays the route's. :func:`build_spec` walks ``app.url_map`` and
 writes every operation from those declarations; a route without one is left out and reported by
 :func:`undocumented_routes` (a test keeps that list empty).
 """
@@ -116,10 +117,6 @@ IDEMPOTENCY_KEY_HEADER = {
     "description": "Alternative to the body's idempotencyKey; both present and different is a 400.",
 }
 
-#: Path parameters by name; a declaration may give its own (``path={...}``).
-PATH_PARAMETERS: dict[str, dict[str, Any]] = {name: schemas.ref("ObjectId") for name in (
-    "account_id", "user_id", "transaction_id", "hold_id")}
-
 TAGS = ("auth", "accounts", "transactions", "holds", "ledger", "operations")
 
 INFO_DESCRIPTION = (
@@ -164,7 +161,7 @@ class Declaration:
     body_required: bool = True
     query: type[schemas.QueryModel] | None = None
     idempotency_header: bool = False
-    path: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: dict[str, schemas.PathParameter] = field(default_factory=dict)
 
 
 def declare(operation_id: str, *, tag: str, summary: str, responses: dict[int, Any], **options: Any):
@@ -224,6 +221,11 @@ def query() -> Any:
     args = request.args
     return model.model_validate({info.alias or name: args.get(info.alias or name)
                                  for name, info in model.model_fields.items()})
+
+
+def path(name: str) -> Any:
+    """The path segment ``name``, read by the endpoint's declared rule."""
+    return _current().path[name].parse(request.view_args[name])
 
 
 # ----------------------------------------------------------------------------------------- the document
@@ -349,6 +351,13 @@ def undocumented_routes(app: Flask) -> list[str]:
             for m in sorted(documented_methods(rule))]
 
 
+def undeclared_path_parameters(app: Flask) -> list[str]:
+    """``<name> in path`` of every path argument of a declared route that its declaration does not describe."""
+    return [f"<{arg}> in {rule.rule}" for rule in app.url_map.iter_rules()
+            if (declaration := declaration_of(app.view_functions.get(rule.endpoint))) is not None
+            for arg in sorted(rule.arguments) if arg not in declaration.path]
+
+
 def build_spec(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.0 document of every declared route of ``app``."""
     found: dict[str, type[BaseModel]] = {}
@@ -370,7 +379,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
             item[method] = described
         if rule.arguments:
             item["parameters"] = [{"name": arg, "in": "path", "required": True,
-                                   "schema": declaration.path.get(arg, PATH_PARAMETERS.get(arg, {"type": "string"}))}
+                                   "schema": declaration.path[arg].schema if arg in declaration.path
+                                   else {"type": "string"}}
                                   for arg in sorted(rule.arguments)]
     components_schemas = {**schemas.SCALARS, **model_schemas(list(found.values()))}
     return {

@@ -20,8 +20,8 @@ from pathlib import PurePosixPath
 from flask import Blueprint, Response, g, render_template, request, url_for
 from werkzeug.exceptions import NotFound
 
-from ledger.api.contract import PUBLIC, declare, errors, ok, query
-from ledger.api.schemas import AssetQuery
+from ledger.api.contract import PUBLIC, declare, errors, ok, path, query
+from ledger.api.schemas import AssetQuery, PathParameter
 
 bp = Blueprint("docs", __name__)
 
@@ -91,14 +91,14 @@ def page() -> Response:
 
 @bp.get("/api/docs/assets/<asset_name>")
 @declare("apiDocsAsset", tag="operations", summary="A file of the documentation page", security=PUBLIC,
-         query=AssetQuery, path={"asset_name": {"type": "string", "enum": list(ASSET_NAMES)}},
+         query=AssetQuery, path={"asset_name": PathParameter({"type": "string", "enum": list(ASSET_NAMES)}, str)},
          responses={200: ok("The file.", None, ("ETag", {"schema": {"type": "string"}}),
                             ("Cache-Control", {"schema": {"type": "string"}}),
                             media=tuple(dict.fromkeys(_MEDIA_TYPES.values()))),
                     304: ok("Not modified (If-None-Match named the current ETag).", media=None),
                     **errors(404)})
 def asset(asset_name: str) -> Response:
-    found = load_assets().get(asset_name)
+    found = load_assets().get(path("asset_name"))
     if found is None:
         raise NotFound()
     response = Response(found.body, mimetype=found.mimetype)

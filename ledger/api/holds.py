@@ -7,11 +7,10 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask_jwt_extended import current_user, jwt_required
 
-from ledger import ratelimit, validation
-from ledger.api.contract import body, declare, error, errors, ok
-from ledger.api.schemas import CaptureRequest, CaptureResponse, HoldRequest, HoldResponse
+from ledger import ratelimit
+from ledger.api.contract import body, declare, error, errors, ok, path
+from ledger.api.schemas import HOLD_ID, CaptureRequest, CaptureResponse, HoldRequest, HoldResponse
 from ledger.api.serializers import hold_json, transaction_json
-from ledger.errors import ValidationFailed
 from ledger.services import holds
 
 bp = Blueprint("holds", __name__)
@@ -22,13 +21,6 @@ NO_LONGER_ACTIVE = "The hold is no longer ACTIVE: `Hold is CAPTURED|VOIDED|EXPIR
 
 def hold_body(hold: dict[str, Any]) -> dict[str, Any]:
     return hold_json(hold, holds.effective_status(hold))
-
-
-def path_id(value: str, what: str = "hold"):
-    parsed = validation.maybe_object_id(value)
-    if parsed is None:
-        raise ValidationFailed(f"Invalid {what} id", errors={"id": "must be a 24-character hexadecimal id"})
-    return parsed
 
 
 @bp.post("")
@@ -59,7 +51,7 @@ def create_hold():
 @declare("captureHold", tag="holds", summary="Capture all or part of a hold",
          description="Exactly once: a HOLD_CAPTURE transfer with ledger entries; a partial capture releases the "
                      "rest. Capture, void and expiry race safely: one wins, the others get 409.",
-         body=CaptureRequest, idempotency_header=True,
+         body=CaptureRequest, idempotency_header=True, path={"hold_id": HOLD_ID},
          responses={200: ok("Captured, or a replay of that capture.", CaptureResponse, REPLAYED),
                     400: error("A malformed id or key, more than held, an inactive account."),
                     404: error("`Hold not found` (or not the caller's)."),
@@ -68,7 +60,7 @@ def create_hold():
 @jwt_required()
 @ratelimit.transfer_per_user
 def capture_hold(hold_id: str):
-    hold_oid = path_id(hold_id)
+    hold_oid = path("hold_id")
     capture = body()
     result = holds.capture(current_user, hold_oid, capture.amount, capture.idempotencyKey)
     response = jsonify({"hold": hold_body(result.hold), "transaction": transaction_json(result.transaction)})
@@ -78,19 +70,18 @@ def capture_hold(hold_id: str):
 
 
 @bp.post("/<hold_id>/void")
-@declare("voidHold", tag="holds", summary="Release a hold",
+@declare("voidHold", tag="holds", summary="Release a hold", path={"hold_id": HOLD_ID},
          responses={200: ok("Voided.", HoldResponse), 400: error("A malformed id."),
                     404: error("`Hold not found` (or not the caller's)."), 409: error(NO_LONGER_ACTIVE),
                     **errors(401, 503)})
 @jwt_required()
 def void_hold(hold_id: str):
-    hold_oid = path_id(hold_id)
-    return jsonify({"hold": hold_body(holds.void(current_user, hold_oid))})
+    return jsonify({"hold": hold_body(holds.void(current_user, path("hold_id")))})
 
 
 @bp.get("/<hold_id>")
-@declare("getHold", tag="holds", summary="A hold (owner of either account)",
+@declare("getHold", tag="holds", summary="A hold (owner of either account)", path={"hold_id": HOLD_ID},
          responses={200: ok("The hold.", HoldResponse), 400: error("A malformed id."), **errors(401, 404, 503)})
 @jwt_required()
 def get_hold(hold_id: str):
-    return jsonify({"hold": hold_body(holds.get(current_user, path_id(hold_id)))})
+    return jsonify({"hold": hold_body(holds.get(current_user, path("hold_id")))})

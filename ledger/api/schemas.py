@@ -12,6 +12,7 @@ Scalar shapes shared by many fields (ids, money, timestamps) are :data:`SCALARS`
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -236,6 +237,41 @@ class LoginRequest(RequestModel):
 
     email: Annotated[str, *rule(_login_email, {"type": "string"})]
     password: Annotated[str, *rule(validation.login_password, {"type": "string"})]
+
+
+# ----------------------------------------------------------------------------------------- path parameters
+
+
+@dataclass(frozen=True)
+class PathParameter:
+    """A path segment: its documented schema and the rule that reads it (``contract.path(name)``)."""
+
+    schema: dict[str, Any]
+    parse: Callable[[str], Any]
+
+
+def _id_or_invalid(what: str) -> Callable[[str], ObjectId]:
+    def parse(value: str) -> ObjectId:
+        parsed = validation.maybe_object_id(value)
+        if parsed is None:
+            raise ValidationFailed(f"Invalid {what} id", errors={"id": "must be a 24-character hexadecimal id"})
+        return parsed
+    return parse
+
+
+def _id_named(field: str) -> Callable[[str], ObjectId]:
+    return lambda value: validation.path_object_id(value, field)
+
+
+#: An id that is None when malformed: the route answers its 404, as the Node service did.
+ID_OR_NOT_FOUND = PathParameter(ref("ObjectId"), validation.maybe_object_id)
+#: Part-two routes: a malformed id is a 400 naming the field ...
+ACCOUNT_ID_FIELD = PathParameter(ref("ObjectId"), _id_named("accountId"))
+TRANSACTION_ID_FIELD = PathParameter(ref("ObjectId"), _id_named("transactionId"))
+#: ... or ``Invalid <what> id``.
+ACCOUNT_ID = PathParameter(ref("ObjectId"), _id_or_invalid("account"))
+HOLD_ID = PathParameter(ref("ObjectId"), _id_or_invalid("hold"))
+TRANSACTION_ID = PathParameter(ref("ObjectId"), _id_or_invalid("transaction"))
 
 
 # ----------------------------------------------------------------------------------------- query strings

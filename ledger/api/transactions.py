@@ -5,9 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from flask_jwt_extended import current_user, jwt_required
 
-from ledger import ratelimit, validation
-from ledger.api.contract import RATE_LIMITED, body, declare, error, errors, ok
+from ledger import ratelimit
+from ledger.api.contract import RATE_LIMITED, body, declare, error, errors, ok, path
 from ledger.api.schemas import (
+    TRANSACTION_ID,
+    TRANSACTION_ID_FIELD,
     FundingRequest,
     ReversalRequest,
     TransactionEnvelope,
@@ -15,7 +17,7 @@ from ledger.api.schemas import (
     TransferRequest,
 )
 from ledger.api.serializers import transaction_json
-from ledger.errors import NotSystemUser, ValidationFailed
+from ledger.errors import NotSystemUser
 from ledger.services import history, reversals, transfers
 from ledger.services.transfers import TransferResult
 
@@ -80,7 +82,7 @@ def create_initial_funds():
          description="One database transaction writes the REVERSAL, both entries, the links both ways and the "
                      "original's REVERSED status. Exactly once per original, whatever the keys; a reversal the "
                      "recipient can no longer cover is recorded FAILED and replayed.",
-         body=ReversalRequest, idempotency_header=True,
+         body=ReversalRequest, idempotency_header=True, path={"transaction_id": TRANSACTION_ID},
          responses={201: ok("Reversed, or a replay of that reversal.", TransactionResponse, REPLAYED),
                     400: error("A malformed id or key, or the original recipient no longer holds the amount "
                                "(insufficient balance, recorded and replayed).", REPLAYED),
@@ -92,9 +94,7 @@ def create_initial_funds():
 def reverse_transaction(transaction_id: str):
     if not current_user.get("systemUser"):
         raise NotSystemUser()
-    original_id = validation.maybe_object_id(transaction_id)
-    if original_id is None:
-        raise ValidationFailed("Invalid transaction id", errors={"id": "must be a 24-character hexadecimal id"})
+    original_id = path("transaction_id")
     reversal = body()
     result = reversals.reverse(current_user, original_id, reversal.idempotencyKey, reversal.reason)
     return _respond(result, "Transaction reversed successfully", 201)
@@ -105,9 +105,9 @@ def reverse_transaction(transaction_id: str):
          summary="One transaction, for its initiator or the owner of either account",
          responses={200: ok("The transaction.", TransactionEnvelope), 400: error("A malformed transaction id."),
                     404: error("`Transaction not found`: absent or not visible to the caller."),
-                    **errors(401, 503)})
+                    **errors(401, 503)},
+         path={"transaction_id": TRANSACTION_ID_FIELD})
 @jwt_required()
 def get_transaction(transaction_id: str):
-    record = history.get_transaction(current_user["_id"],
-                                     validation.path_object_id(transaction_id, "transactionId"))
+    record = history.get_transaction(current_user["_id"], path("transaction_id"))
     return jsonify({"transaction": transaction_json(record)})

@@ -14,9 +14,10 @@
 :func:`declare` only attaches a :class:`Declaration` to the view (no wrapper, nothing added per request).
 :func:`body`, :func:`query` and :func:`path` validate the request against the *declared* models and path rules
 of the endpoint being served, so a route cannot read input other than the one it documents; each is called
-where the view needs it, so the order of checks (403 before 400, path before body) stays the route's. :func:`build_spec` walks ``app.url_map`` and
-writes every operation from those declarations; a route without one is left out and reported by
-:func:`undocumented_routes` (a test keeps that list empty).
+where the view needs it, so the order of checks (403 before 400, path before body) stays the route's.
+:func:`build_spec` walks ``app.url_map`` and writes every operation from those declarations; a route without
+one is left out and reported by :func:`undocumented_routes`, an undescribed path argument by
+:func:`undeclared_path_parameters` (tests keep both lists empty).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -34,13 +35,22 @@ from ledger.api.contract import (
 )
 from ledger.api.openapi import build_spec as served_builder
 from ledger.errors import ValidationFailed
-from tests.conftest import make_app
+from tests.conftest import drop_database, make_app
 
 
-def _app_with(blueprint: Blueprint) -> Flask:
-    app = make_app()
-    app.register_blueprint(blueprint)
-    return app
+@pytest.fixture
+def app_with() -> Iterator[Callable[[Blueprint], Flask]]:
+    """Apps with one extra blueprint; their databases are dropped afterwards."""
+    made: list[Flask] = []
+
+    def make(blueprint: Blueprint) -> Flask:
+        app = make_app()
+        app.register_blueprint(blueprint)
+        made.append(app)
+        return app
+    yield make
+    for app in made:
+        drop_database(app)
 
 
 def _declared_blueprint() -> Blueprint:
@@ -60,8 +70,8 @@ def _declared_blueprint() -> Blueprint:
     return bp
 
 
-def test_a_declared_route_appears_in_the_document_from_its_declaration_alone() -> None:
-    app = _app_with(_declared_blueprint())
+def test_a_declared_route_appears_in_the_document_from_its_declaration_alone(app_with) -> None:
+    app = app_with(_declared_blueprint())
 
     document = build_spec(app)
 
@@ -89,14 +99,14 @@ def test_the_served_document_is_the_generated_one(client, app: Flask) -> None:
     assert client.get("/api/openapi.json").get_json() == build_spec(app)
 
 
-def test_a_route_without_a_declaration_is_reported_and_left_out() -> None:
+def test_a_route_without_a_declaration_is_reported_and_left_out(app_with) -> None:
     bp = Blueprint("bare", __name__)
 
     @bp.get("/bare")
     def bare():
         return "bare"
 
-    app = _app_with(bp)
+    app = app_with(bp)
 
     assert undocumented_routes(app) == ["GET /bare"]
     assert "/bare" not in build_spec(app)["paths"]
@@ -106,7 +116,7 @@ def test_every_path_parameter_of_every_route_is_declared(app: Flask) -> None:
     assert undeclared_path_parameters(app) == []
 
 
-def test_an_undeclared_path_parameter_is_reported_and_documented_as_a_plain_string() -> None:
+def test_an_undeclared_path_parameter_is_reported_and_documented_as_a_plain_string(app_with) -> None:
     bp = Blueprint("loose", __name__)
 
     @bp.get("/loose/<thing>")
@@ -114,7 +124,7 @@ def test_an_undeclared_path_parameter_is_reported_and_documented_as_a_plain_stri
     def loose(thing: str):
         return thing
 
-    app = _app_with(bp)
+    app = app_with(bp)
 
     assert undeclared_path_parameters(app) == ["<thing> in /loose/<thing>"]
     assert build_spec(app)["paths"]["/loose/{thing}"]["parameters"] == [
@@ -132,8 +142,8 @@ def test_removing_one_declaration_from_a_real_route_fails_the_documented_routes_
     assert undocumented_routes(app) == []
 
 
-def test_the_declared_route_validates_with_the_models_it_documents() -> None:
-    app = _app_with(_declared_blueprint())
+def test_the_declared_route_validates_with_the_models_it_documents(app_with) -> None:
+    app = app_with(_declared_blueprint())
     client = app.test_client()
     good = {"toAccount": "65f1c0ffee0123456789abcd", "amount": 10.5}
 

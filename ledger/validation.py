@@ -22,7 +22,8 @@ from ledger.errors import ValidationFailed
 # Pragmatic address check: one @, a dotted domain, no spaces or control characters; plus-addressing allowed.
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
-_OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+OBJECT_ID_PATTERN = r"^[0-9a-fA-F]{24}$"  # also the ObjectId schema of /api/openapi.json
+_OBJECT_ID = re.compile(OBJECT_ID_PATTERN)
 PASSWORD_MIN_BYTES = 6
 PASSWORD_MAX_BYTES = 72  # bcrypt reads no further; longer would be silently truncated
 NAME_MAX_LENGTH = 200

@@ -20,6 +20,9 @@ from pathlib import PurePosixPath
 from flask import Blueprint, Response, g, render_template, request, url_for
 from werkzeug.exceptions import NotFound
 
+from ledger.api.contract import PUBLIC, declare, errors, ok, path, query
+from ledger.api.schemas import AssetQuery, PathParameter
+
 bp = Blueprint("docs", __name__)
 
 PAGE_TITLE = "Banking Ledger API"
@@ -73,6 +76,10 @@ def load_assets() -> dict[str, Asset]:
 
 
 @bp.get("/api/docs")
+@declare("apiDocs", tag="operations", summary="Interactive documentation (Swagger UI)", security=PUBLIC,
+         description="An HTML page rendering this document; \"Try it out\" calls this server. Its assets are "
+                     "served by this server (no CDN); its Content-Security-Policy allows this origin only.",
+         responses={200: ok("The HTML page.", media="text/html")})
 def page() -> Response:
     assets = {name: url_for("docs.asset", asset_name=name, v=asset.digest) for name, asset in load_assets().items()}
     html = render_template("docs/index.html", title=PAGE_TITLE, assets=assets,
@@ -83,12 +90,19 @@ def page() -> Response:
 
 
 @bp.get("/api/docs/assets/<asset_name>")
+@declare("apiDocsAsset", tag="operations", summary="A file of the documentation page", security=PUBLIC,
+         query=AssetQuery, path={"asset_name": PathParameter({"type": "string", "enum": list(ASSET_NAMES)}, str)},
+         responses={200: ok("The file.", None, ("ETag", {"schema": {"type": "string"}}),
+                            ("Cache-Control", {"schema": {"type": "string"}}),
+                            media=tuple(dict.fromkeys(_MEDIA_TYPES.values()))),
+                    304: ok("Not modified (If-None-Match named the current ETag).", media=None),
+                    **errors(404)})
 def asset(asset_name: str) -> Response:
-    found = load_assets().get(asset_name)
+    found = load_assets().get(path("asset_name"))
     if found is None:
         raise NotFound()
     response = Response(found.body, mimetype=found.mimetype)
     response.set_etag(found.digest)
-    response.headers["Cache-Control"] = IMMUTABLE if request.args.get("v") == found.digest else REVALIDATE
+    response.headers["Cache-Control"] = IMMUTABLE if query().v == found.digest else REVALIDATE
     g.cacheable_response = True  # keeps this Cache-Control (every other /api answer is no-store)
     return response.make_conditional(request)

@@ -7,52 +7,39 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask_jwt_extended import current_user, jwt_required
 
-from ledger import ratelimit, validation
+from ledger import ratelimit
+from ledger.api.contract import body, declare, error, errors, ok, path
+from ledger.api.schemas import HOLD_ID, CaptureRequest, CaptureResponse, HoldRequest, HoldResponse
 from ledger.api.serializers import hold_json, transaction_json
-from ledger.api.transactions import _with_header_key
-from ledger.errors import ValidationFailed
-from ledger.jsonio import json_body
 from ledger.services import holds
 
 bp = Blueprint("holds", __name__)
 
-HOLD_FIELDS = ("fromAccount", "toAccount", "amount", "idempotencyKey")
+REPLAYED = "Idempotent-Replayed"
+NO_LONGER_ACTIVE = "The hold is no longer ACTIVE: `Hold is CAPTURED|VOIDED|EXPIRED`."
 
 
 def hold_body(hold: dict[str, Any]) -> dict[str, Any]:
     return hold_json(hold, holds.effective_status(hold))
 
 
-def path_id(value: str, what: str = "hold"):
-    parsed = validation.maybe_object_id(value)
-    if parsed is None:
-        raise ValidationFailed(f"Invalid {what} id", errors={"id": "must be a 24-character hexadecimal id"})
-    return parsed
-
-
-def expires_in(value: Any) -> int:
-    if value is None:
-        return holds.DEFAULT_EXPIRY_SECONDS
-    if isinstance(value, bool) or not isinstance(value, int) or not (
-            holds.MIN_EXPIRY_SECONDS <= value <= holds.MAX_EXPIRY_SECONDS):
-        text = (f"expiresInSeconds must be a whole number from {holds.MIN_EXPIRY_SECONDS:,} to "
-                f"{holds.MAX_EXPIRY_SECONDS:,}")
-        raise ValidationFailed(text, errors={"expiresInSeconds": text})
-    return value
-
-
 @bp.post("")
+@declare("createHold", tag="holds", summary="Reserve money on the caller's account",
+         description="The rules of a transfer, with the funds check against availableBalance. No money moves; "
+                     "availableBalance drops by the amount until capture, void or expiry. Idempotent per (caller, "
+                     "idempotencyKey); refusals are recorded and replayed.",
+         body=HoldRequest, idempotency_header=True,
+         responses={201: ok("Held, or a replay of that hold.", HoldResponse, REPLAYED),
+                    400: error("Missing fields, bad types or ids, a bad amount or expiry, `One or both accounts not "
+                               "found`, inactive accounts, a currency mismatch or insufficient available balance.",
+                               REPLAYED),
+                    **errors(401, 409, 413, 415, 422, 429, 503)})
 @jwt_required()
 @ratelimit.transfer_per_user
 def create_hold():
-    body = _with_header_key(json_body())
-    validation.require_fields(body, HOLD_FIELDS)
-    from_id = validation.object_id(body["fromAccount"], "fromAccount")
-    to_id = validation.object_id(body["toAccount"], "toAccount")
-    amount = validation.amount(body["amount"])
-    key = validation.idempotency_key(body["idempotencyKey"])
-    seconds = expires_in(body.get("expiresInSeconds"))
-    result = holds.create(current_user, from_id, to_id, amount, key, seconds)
+    hold = body()
+    result = holds.create(current_user, hold.fromAccount, hold.toAccount, hold.amount, hold.idempotencyKey,
+                          hold.expiresInSeconds)
     response = jsonify({"hold": hold_body(result.hold)})
     response.status_code = 201
     if result.replayed:
@@ -61,15 +48,21 @@ def create_hold():
 
 
 @bp.post("/<hold_id>/capture")
+@declare("captureHold", tag="holds", summary="Capture all or part of a hold",
+         description="Exactly once: a HOLD_CAPTURE transfer with ledger entries; a partial capture releases the "
+                     "rest. Capture, void and expiry race safely: one wins, the others get 409.",
+         body=CaptureRequest, idempotency_header=True, path={"hold_id": HOLD_ID},
+         responses={200: ok("Captured, or a replay of that capture.", CaptureResponse, REPLAYED),
+                    400: error("A malformed id or key, more than held, an inactive account."),
+                    404: error("`Hold not found` (or not the caller's)."),
+                    409: error(NO_LONGER_ACTIVE),
+                    **errors(401, 413, 415, 422, 429, 503)})
 @jwt_required()
 @ratelimit.transfer_per_user
 def capture_hold(hold_id: str):
-    hold_oid = path_id(hold_id)
-    body = _with_header_key(json_body())
-    validation.require_fields(body, ("idempotencyKey",))
-    key = validation.idempotency_key(body["idempotencyKey"])
-    amount = None if body.get("amount") is None else validation.amount(body["amount"])
-    result = holds.capture(current_user, hold_oid, amount, key)
+    hold_oid = path("hold_id")
+    capture = body()
+    result = holds.capture(current_user, hold_oid, capture.amount, capture.idempotencyKey)
     response = jsonify({"hold": hold_body(result.hold), "transaction": transaction_json(result.transaction)})
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -77,13 +70,18 @@ def capture_hold(hold_id: str):
 
 
 @bp.post("/<hold_id>/void")
+@declare("voidHold", tag="holds", summary="Release a hold", path={"hold_id": HOLD_ID},
+         responses={200: ok("Voided.", HoldResponse), 400: error("A malformed id."),
+                    404: error("`Hold not found` (or not the caller's)."), 409: error(NO_LONGER_ACTIVE),
+                    **errors(401, 503)})
 @jwt_required()
 def void_hold(hold_id: str):
-    hold_oid = path_id(hold_id)
-    return jsonify({"hold": hold_body(holds.void(current_user, hold_oid))})
+    return jsonify({"hold": hold_body(holds.void(current_user, path("hold_id")))})
 
 
 @bp.get("/<hold_id>")
+@declare("getHold", tag="holds", summary="A hold (owner of either account)", path={"hold_id": HOLD_ID},
+         responses={200: ok("The hold.", HoldResponse), 400: error("A malformed id."), **errors(401, 404, 503)})
 @jwt_required()
 def get_hold(hold_id: str):
-    return jsonify({"hold": hold_body(holds.get(current_user, path_id(hold_id)))})
+    return jsonify({"hold": hold_body(holds.get(current_user, path("hold_id")))})

@@ -5,6 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from flask_jwt_extended import current_user, jwt_required
 
+from ledger.api.contract import declare, errors, ok
+from ledger.api.schemas import VerifyReport
 from ledger.errors import NotSystemUser
 from ledger.services import audit
 
@@ -12,6 +14,11 @@ bp = Blueprint("ledger", __name__)
 
 
 @bp.get("/verify")
+@declare("verifyLedger", tag="ledger", summary="Prove the ledger (system user only)",
+         description="Every hash-chain link and hash, sequences, running balances, stored balances, transactions' "
+                     "entries and per-currency sums (docs/hash-chain.md). 200 whether or not problems were found; "
+                     "`ok` says which.",
+         responses={200: ok("The verification report.", VerifyReport), **errors(401, 403, 503)})
 @jwt_required()
 def verify():
     if not current_user.get("systemUser"):

@@ -197,3 +197,62 @@ def attempt_of(served: list[Received]) -> tuple[Any, Any]:
     """The (lsid, txnNumber) of a served transaction attempt."""
     first = served[0].doc
     return first["lsid"], first["txnNumber"]
+
+
+# ------------------------------------------------------------------------------------- holds and reversals
+
+# Each money-moving route of Part two is one transaction with the transfer's guarantees: its first command opens
+# it (snapshot), every later one is inside, the commit is majority with our wtimeout, and nothing is sent outside
+# it but the authentication reads.
+HOLD_CREATE = [*AUTH,
+               Step("find", "accounts", FIRST),
+               Step("insert", "holds", INSIDE),
+               Step("update", "accounts", INSIDE),  # held += amount, on balance - held >= amount
+               Step("commitTransaction", None, COMMIT)]
+HOLD_CAPTURE = [*AUTH,
+                Step("find", "transactions", FIRST),  # the caller's key: a replay?
+                Step("find", "holds", INSIDE),
+                Step("find", "accounts", INSIDE),
+                Step("insert", "transactions", INSIDE),
+                Step("update", "holds", INSIDE),  # ACTIVE and unexpired -> CAPTURED: the race's one winner
+                Step("update", "accounts", INSIDE),  # debit (releasing the hold) and credit
+                Step("insert", "ledgers", INSIDE),
+                Step("insert", "notifications", INSIDE),
+                Step("commitTransaction", None, COMMIT)]
+HOLD_VOID = [*AUTH,
+             Step("find", "holds", FIRST),
+             Step("update", "holds", INSIDE),  # ACTIVE and unexpired -> VOIDED
+             Step("update", "accounts", INSIDE),  # held -= amount
+             Step("commitTransaction", None, COMMIT)]
+REVERSE = [*AUTH,
+           Step("find", "transactions", FIRST),  # the caller's key: a replay?
+           Step("find", "transactions", INSIDE),  # the original
+           Step("find", "accounts", INSIDE),
+           Step("insert", "transactions", INSIDE),
+           Step("update", "transactions", INSIDE),  # the original COMPLETED -> REVERSED: the race's one winner
+           Step("update", "accounts", INSIDE),
+           Step("insert", "ledgers", INSIDE),
+           Step("insert", "notifications", INSIDE),
+           Step("commitTransaction", None, COMMIT)]
+
+Scripted = list[tuple[str, str | None, Answer]]
+
+
+def serve_steps(replica_set: ReplicaSet, steps: Scripted, inject: dict[int, Answer] | None = None) -> list[Received]:
+    """Serve one attempt of a scripted transaction; answer ``inject[i]`` at step ``i`` instead, and stop there."""
+    inject = inject or {}
+    served = []
+    for index, (name, collection, answer) in enumerate(steps):
+        got = replica_set.expect(name, collection)
+        served.append(got)
+        if index in inject:
+            inject[index](got)
+            return served
+        answer(got)
+    return served
+
+
+def wrote(got: Received) -> Received:
+    """Success for an insert or update of any number of documents."""
+    count = len(got.doc.get("documents") or got.doc.get("updates") or [])
+    return got.ok(n=count, nModified=count) if got.name == "update" else got.ok(n=count)

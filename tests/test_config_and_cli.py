@@ -22,10 +22,13 @@ ENVIRONMENT = ("APP_ENV", "NODE_ENV", "JWT_SECRET", "MONGO_URI", "MONGO_DB_NAME"
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """An environment with none of the ledger's variables set, and no background sender thread."""
+    """An environment with none of the ledger's variables set, and no background thread: neither the outbox
+    sender nor the hold sweeper, which would outlive the test and, every 30 s, point the process-wide client at
+    this test's database while another test is using it."""
     for name in ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OUTBOX_SENDER_ENABLED", "false")
+    monkeypatch.setenv("HOLD_SWEEP_SECONDS", "0")
     monkeypatch.setenv("BCRYPT_ROUNDS", "4")
     monkeypatch.setenv("LEDGER_DATA_DIR", ":memory:")  # never the repository's .ledger-data
     return monkeypatch

@@ -224,3 +224,24 @@ def test_a_plain_error_at_any_step_writes_nothing_and_the_key_still_works(app, a
     assert reverse(api, txn_id, key).status_code == 201
     assert balance_minor(app, source) == 10000
     assert_ledger_consistent(app)
+
+
+def test_a_hold_past_expiry_on_the_recipient_does_not_block_a_reversal(app, api, paid):
+    """Expiry is exact without the sweep: a reversal, like a transfer, releases the recipient's expired holds in
+    its own transaction instead of counting them (it used to be refused, and the refusal replayed for ever)."""
+    from datetime import UTC, datetime, timedelta
+
+    alice, source, bob, target, txn_id = paid
+    held = api.request("POST", "/api/holds", bob, json={"fromAccount": target, "toAccount": source, "amount": 30,
+                                                        "idempotencyKey": uuid.uuid4().hex})
+    assert held.status_code == 201, held.get_json()
+    hold_id = ObjectId(held.get_json()["hold"]["_id"])
+    database(app).holds.update_one({"_id": hold_id}, {"$set": {"expiresAt": datetime.now(UTC) - timedelta(seconds=1)}})
+
+    response = reverse(api, txn_id)
+    assert response.status_code == 201, response.get_json()
+    assert api.balance(alice, source) == 100
+    assert api.balance(bob, target) == 0
+    assert database(app).holds.find_one({"_id": hold_id})["status"] == "EXPIRED"
+    assert database(app).accounts.find_one({"_id": ObjectId(target)})["held"] == 0
+    assert_ledger_consistent(app)

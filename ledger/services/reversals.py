@@ -5,6 +5,8 @@ One database transaction (``snapshot`` reads, ``majority`` commit) does everythi
 1. look for a record under the caller's key (a replay answers what the first request answered, even after
    the original has become ``REVERSED`` by that very request);
 2. read the original and both accounts; an original that is not a ``COMPLETED`` transfer or funding is a 409;
+   holds past their expiry on the debited (customer) account are released first, as a transfer does, so they
+   never refuse a reversal the sweep has not reached yet;
 3. insert the reversal record (``REVERSAL``, from the original's ``toAccount`` back to its ``fromAccount``,
    ``reverses`` linking back); a reversal the money rules refuse (an inactive account, a recipient who no
    longer holds the amount) is recorded ``FAILED`` and replayed like any rejection;
@@ -25,6 +27,7 @@ from pymongo.client_session import ClientSession
 
 from ledger import db
 from ledger.errors import LedgerError, TransactionNotFound, TransactionNotReversible
+from ledger.models import utcnow
 from ledger.services import notifications
 from ledger.services.transfers import (
     _ACCOUNT_READ,
@@ -37,6 +40,7 @@ from ledger.services.transfers import (
     _record,
     _replay,
     _transfer_rule_violation,
+    release_expired_holds,
 )
 
 REVERSIBLE_KINDS = ("TRANSFER", "INITIAL_FUNDS")
@@ -72,6 +76,8 @@ def reverse(system_user: dict[str, Any], original_id: ObjectId, key: str, reason
                                            "no longer exists")
         amount_minor = original["amount"]
         is_customer = not source.get("systemCurrency")
+        if is_customer and source.get("held"):  # holds past expiry stop counting now, as for a transfer
+            source = {**source, "held": source["held"] - release_expired_holds(session, source["_id"], utcnow())}
         rejection = _transfer_rule_violation(source, target, amount_minor if is_customer else 0)
         record = _record(REVERSAL, source, target, amount_minor, key, system_id, request_fingerprint, rejection,
                          reverses=original["_id"], reason=reason)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
@@ -113,10 +114,13 @@ class Bank:
         with self.app.app_context():
             self.customer_token = issue_token(self.customer["_id"])
             self.system_token = issue_token(self.system["_id"])
-        self.source = self.add_account(self.customer["_id"], balance=100_000, seq=7)
+        # The source and the system account have chained entries (``lastHash`` is their last entry's hash);
+        # the target has none yet, so its first entry chains to the genesis value.
+        self.source = self.add_account(self.customer["_id"], balance=100_000, seq=7, lastHash="a1" * 32,
+                                       updatedAt=datetime(2026, 3, 1, 10, 0, tzinfo=UTC))
         self.target = self.add_account(ObjectId(), balance=0, seq=0)
         self.system_account = self.add_account(self.system["_id"], balance=-100_000, seq=3, systemCurrency="INR",
-                                               systemUser=True)
+                                               systemUser=True, lastHash="5e" * 32)
 
     def add_account(self, owner: ObjectId, **fields: Any) -> dict[str, Any]:
         account = {"_id": ObjectId(), "user": owner, "status": "ACTIVE", "currency": "INR", "balance": 0, "seq": 0,
@@ -144,9 +148,10 @@ def serve_auth(replica_set: ReplicaSet, user: dict[str, Any]) -> list[Received]:
 
 
 def serve_attempt(replica_set: ReplicaSet, bank: Bank, *, funding: bool = False,
-                  inject: dict[int, Answer] | None = None) -> list[Received]:
+                  inject: dict[int, Answer] | None = None, skip_read: bool = False) -> list[Received]:
     """Serve one attempt of a transfer's (or funding's) transaction, commit included; answer ``inject[i]`` at
-    step ``i`` (0: the accounts read ... 5: the commit) instead of success, and stop after it."""
+    step ``i`` (0: the accounts read ... 5: the commit) instead of success, and stop after it. ``skip_read``:
+    the test served the accounts read (and what followed it) itself; start at the record's insert."""
     inject = inject or {}
     read = [bank.target, bank.system_account] if funding else [bank.source, bank.target]
     steps: list[tuple[str, str | None, Answer]] = [
@@ -159,6 +164,8 @@ def serve_attempt(replica_set: ReplicaSet, bank: Bank, *, funding: bool = False,
     ]
     served = []
     for index, (name, collection, answer) in enumerate(steps):
+        if skip_read and index == 0:
+            continue
         got = replica_set.expect(name, collection)
         served.append(got)
         if index in inject:
@@ -190,3 +197,62 @@ def attempt_of(served: list[Received]) -> tuple[Any, Any]:
     """The (lsid, txnNumber) of a served transaction attempt."""
     first = served[0].doc
     return first["lsid"], first["txnNumber"]
+
+
+# ------------------------------------------------------------------------------------- holds and reversals
+
+# Each money-moving route of Part two is one transaction with the transfer's guarantees: its first command opens
+# it (snapshot), every later one is inside, the commit is majority with our wtimeout, and nothing is sent outside
+# it but the authentication reads.
+HOLD_CREATE = [*AUTH,
+               Step("find", "accounts", FIRST),
+               Step("insert", "holds", INSIDE),
+               Step("update", "accounts", INSIDE),  # held += amount, on balance - held >= amount
+               Step("commitTransaction", None, COMMIT)]
+HOLD_CAPTURE = [*AUTH,
+                Step("find", "transactions", FIRST),  # the caller's key: a replay?
+                Step("find", "holds", INSIDE),
+                Step("find", "accounts", INSIDE),
+                Step("insert", "transactions", INSIDE),
+                Step("update", "holds", INSIDE),  # ACTIVE and unexpired -> CAPTURED: the race's one winner
+                Step("update", "accounts", INSIDE),  # debit (releasing the hold) and credit
+                Step("insert", "ledgers", INSIDE),
+                Step("insert", "notifications", INSIDE),
+                Step("commitTransaction", None, COMMIT)]
+HOLD_VOID = [*AUTH,
+             Step("find", "holds", FIRST),
+             Step("update", "holds", INSIDE),  # ACTIVE and unexpired -> VOIDED
+             Step("update", "accounts", INSIDE),  # held -= amount
+             Step("commitTransaction", None, COMMIT)]
+REVERSE = [*AUTH,
+           Step("find", "transactions", FIRST),  # the caller's key: a replay?
+           Step("find", "transactions", INSIDE),  # the original
+           Step("find", "accounts", INSIDE),
+           Step("insert", "transactions", INSIDE),
+           Step("update", "transactions", INSIDE),  # the original COMPLETED -> REVERSED: the race's one winner
+           Step("update", "accounts", INSIDE),
+           Step("insert", "ledgers", INSIDE),
+           Step("insert", "notifications", INSIDE),
+           Step("commitTransaction", None, COMMIT)]
+
+Scripted = list[tuple[str, str | None, Answer]]
+
+
+def serve_steps(replica_set: ReplicaSet, steps: Scripted, inject: dict[int, Answer] | None = None) -> list[Received]:
+    """Serve one attempt of a scripted transaction; answer ``inject[i]`` at step ``i`` instead, and stop there."""
+    inject = inject or {}
+    served = []
+    for index, (name, collection, answer) in enumerate(steps):
+        got = replica_set.expect(name, collection)
+        served.append(got)
+        if index in inject:
+            inject[index](got)
+            return served
+        answer(got)
+    return served
+
+
+def wrote(got: Received) -> Received:
+    """Success for an insert or update of any number of documents."""
+    count = len(got.doc.get("documents") or got.doc.get("updates") or [])
+    return got.ok(n=count, nModified=count) if got.name == "update" else got.ok(n=count)

@@ -7,6 +7,7 @@ collection) are served here, the way a server would, so each test begins with a 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.is_relative_to(WIRE_TESTS):
             item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_SECONDS))
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_hold_sweeper() -> None:
+    """A hold sweeper left running by an earlier test (an app built with ``HOLD_SWEEP_SECONDS`` > 0 that served a
+    request; the sweeper has no stop) reads through its own app every interval, which points the process-wide
+    client at that app's database: a wire test in flight then loses its client mid-transaction ("Can only use
+    session with the MongoClient that started it", unclosed clients). Say so here instead of failing at random."""
+    leaked = [thread for thread in threading.enumerate() if thread.name == "hold-sweeper" and thread.is_alive()]
+    assert not leaked, ("an earlier test left a hold sweeper thread running (set HOLD_SWEEP_SECONDS=0 for apps "
+                        "that serve requests in-process); it would swap the process-wide MongoClient under this test")
 
 
 def start_app(replica_set: ReplicaSet, uri: str | None = None, **config: Any) -> Flask:

@@ -30,13 +30,20 @@ def drain(app) -> Any:
 
 
 def message(**fields: Any) -> dict[str, Any]:
+    """A message as the claim's answer shows it: the document BEFORE the claim's update (due and PENDING)."""
     now = datetime.now(UTC).replace(microsecond=0)
-    return {"_id": ObjectId(), "kind": "credit_notice", "userId": ObjectId(), "status": "SENDING", "attempts": 1,
+    return {"_id": ObjectId(), "kind": "credit_notice", "userId": ObjectId(), "status": "PENDING", "attempts": 0,
             "dedupeKey": f"credit_notice:{ObjectId()}", "nextAttemptAt": now, "createdAt": now,
-            "claimedUntil": now + timedelta(seconds=120),
             "context": {"transactionId": str(ObjectId()), "amount": "INR 25.00", "currency": "INR",
                         "fromAccount": str(ObjectId()), "toAccount": str(ObjectId()), "balanceAfter": "INR 25.00",
                         "at": "2026-03-01T10:00:00.000Z", "fromName": "Asha"}, **fields}
+
+
+def abandoned(expiries: int = 0) -> dict[str, Any]:
+    """A message whose sender died mid-delivery: SENDING, its lease over."""
+    past = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    return message(status="SENDING", attempts=1, claimedUntil=past, **({"leaseExpiries": expiries} if expiries
+                                                                        else {}))
 
 
 def claimed(got: Received, document: dict[str, Any] | None) -> Received:
@@ -44,13 +51,26 @@ def claimed(got: Received, document: dict[str, Any] | None) -> Received:
                                                     "updatedExisting": document is not None})
 
 
+def lease_of(claim: Received) -> datetime:
+    """The lease the claim set (as MockupDB decodes it): every later write of this sender is fenced on it."""
+    return claim.doc["update"]["$set"]["claimedUntil"]
+
+
+def serve_lookup(replica_set: ReplicaSet, document: dict[str, Any]) -> Received:
+    return replica_set.expect("find", "users").cursor([{"_id": document["userId"], "email": "r@example.test",
+                                                        "name": "R"}])
+
+
 def serve_delivery(replica_set: ReplicaSet, document: dict[str, Any], record_matches: int) -> list[Received]:
     claim = claimed(replica_set.expect("findAndModify", "notifications"), document)
-    lookup = replica_set.expect("find", "users").cursor([{"_id": document["userId"], "email": "r@example.test",
-                                                          "name": "R"}])
+    lookup = serve_lookup(replica_set, document)
     record = replica_set.expect("update", "notifications").ok(n=record_matches, nModified=record_matches)
     done = claimed(replica_set.expect("findAndModify", "notifications"), None)
     return [claim, lookup, record, done]
+
+
+DELIVERY = [Step("findAndModify", "notifications", RETRYABLE), Step("find", "users", OUTSIDE),
+            Step("update", "notifications", RETRYABLE), Step("findAndModify", "notifications", RETRYABLE)]
 
 
 def test_a_claim_is_one_retryable_find_and_modify_and_the_record_is_fenced_on_its_lease(app, replica_set):
@@ -59,23 +79,60 @@ def test_a_claim_is_one_retryable_find_and_modify_and_the_record_is_fenced_on_it
     served = serve_delivery(replica_set, document, record_matches=1)
 
     assert report.result(WAIT).logged == 1
-    check_sessions(served, [Step("findAndModify", "notifications", RETRYABLE), Step("find", "users", OUTSIDE),
-                            Step("update", "notifications", RETRYABLE),
-                            Step("findAndModify", "notifications", RETRYABLE)])
+    check_sessions(served, DELIVERY)
     claim = served[0].doc
-    assert claim["new"] is True
+    # The answer is the document as it was before the claim: only that shows whether a lease was taken over.
+    assert claim["new"] is False
     assert claim["sort"] == {"nextAttemptAt": 1}
     pending, expired = claim["query"]["$or"]
     assert pending["status"] == "PENDING"
     assert set(pending["nextAttemptAt"]) == {"$lte"}
     assert expired["status"] == "SENDING"
     assert set(expired["claimedUntil"]) == {"$lte"}
+    assert set(claim["update"]) == {"$set", "$inc"}
     assert claim["update"]["$set"]["status"] == "SENDING"
     assert claim["update"]["$inc"] == {"attempts": 1}
+    assert lease_of(served[0]) > expired["claimedUntil"]["$lte"]
     (record,) = served[2].doc["updates"]
-    lease = document["claimedUntil"].replace(tzinfo=None)  # MockupDB decodes BSON dates naive (UTC)
-    assert record["q"] == {"_id": document["_id"], "status": "SENDING", "claimedUntil": lease}
+    assert record["q"] == {"_id": document["_id"], "status": "SENDING", "claimedUntil": lease_of(served[0])}
     assert record["u"]["$set"]["status"] == "LOGGED"
+    # The pass goes on until nothing is due, taking only what was due when it started: a drain always ends.
+    assert served[3].doc["query"]["$or"][0] == pending
+    replica_set.assert_quiet()
+
+
+def test_taking_over_an_expired_lease_counts_it_fenced_on_the_new_lease_then_delivers(app, replica_set):
+    document = abandoned()
+    report = drain(app)
+    claim = claimed(replica_set.expect("findAndModify", "notifications"), document)
+    counted = replica_set.expect("update", "notifications").ok(n=1, nModified=1)
+    served = [claim, counted, serve_lookup(replica_set, document),
+              replica_set.expect("update", "notifications").ok(n=1, nModified=1),
+              claimed(replica_set.expect("findAndModify", "notifications"), None)]
+
+    assert report.result(WAIT).logged == 1
+    check_sessions(served, [DELIVERY[0], Step("update", "notifications", RETRYABLE), *DELIVERY[1:]])
+    (count,) = counted.doc["updates"]
+    assert count["q"] == {"_id": document["_id"], "status": "SENDING", "claimedUntil": lease_of(claim)}
+    assert count["u"] == {"$inc": {"leaseExpiries": 1}}
+    (record,) = served[3].doc["updates"]
+    assert record["q"] == {"_id": document["_id"], "status": "SENDING", "claimedUntil": lease_of(claim)}
+    replica_set.assert_quiet()
+
+
+def test_a_message_whose_leases_kept_expiring_is_parked_without_another_delivery(app, replica_set):
+    document = abandoned(expiries=2)  # this takeover is the third: OUTBOX_MAX_LEASE_EXPIRIES
+    report = drain(app)
+    claim = claimed(replica_set.expect("findAndModify", "notifications"), document)
+    replica_set.expect("update", "notifications").ok(n=1, nModified=1)  # leaseExpiries: 3
+    park = replica_set.expect("update", "notifications").ok(n=1, nModified=1)  # no users read: nothing rendered
+    claimed(replica_set.expect("findAndModify", "notifications"), None)
+
+    assert report.result(WAIT).parked == 1
+    (parked,) = park.doc["updates"]
+    assert parked["q"] == {"_id": document["_id"], "status": "SENDING", "claimedUntil": lease_of(claim)}
+    assert parked["u"]["$set"]["status"] == "PARKED"
+    assert parked["u"]["$set"]["lastError"].startswith("LeaseExpired")
     replica_set.assert_quiet()
 
 
@@ -94,12 +151,15 @@ def test_a_claim_cut_by_a_network_error_is_retried_under_the_same_txn_number(app
     first = replica_set.expect("findAndModify", "notifications").hangup()
     retried = replica_set.expect("findAndModify", "notifications")
     assert (retried.doc["lsid"], retried.doc["txnNumber"]) == (first.doc["lsid"], first.doc["txnNumber"])
+    assert retried.doc["update"] == first.doc["update"]  # the same lease: the server applies the claim once
     claimed(retried, document)
-    replica_set.expect("find", "users").cursor([{"_id": document["userId"], "email": "r@example.test", "name": "R"}])
-    replica_set.expect("update", "notifications").ok(n=1, nModified=1)
+    serve_lookup(replica_set, document)
+    record = replica_set.expect("update", "notifications").ok(n=1, nModified=1)
     claimed(replica_set.expect("findAndModify", "notifications"), None)
 
     assert report.result(WAIT).logged == 1
+    assert record.doc["updates"][0]["q"]["claimedUntil"] == lease_of(retried)
+    replica_set.assert_quiet()
 
 
 NODE_INDEXES = {
@@ -155,7 +215,33 @@ def test_the_migration_drops_exactly_node_s_indexes_and_creates_exactly_the_decl
         next(g for g in served if g.name == "createIndexes"))
 
 
-def test_the_ledger_audit_reads_every_collection_at_one_snapshot(app, replica_set):
+def funded_ledger() -> dict[str, list[dict[str, Any]]]:
+    """A consistent ledger: one funding of 5.00 from the INR system account, and a hold of 2.00 on it."""
+    from ledger import hashchain
+
+    system, customer, funding = ObjectId(), ObjectId(), ObjectId()
+    at = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    entries = []
+    for account, kind, after in [(system, "DEBIT", -500), (customer, "CREDIT", 500)]:
+        entry = {"_id": ObjectId(), "account": account, "type": kind, "amount": 500, "currency": "INR",
+                 "transaction": funding, "balanceAfter": after, "seq": 1, "createdAt": at,
+                 "prevHash": hashchain.GENESIS}
+        entries.append({**entry, "hash": hashchain.entry_hash(entry, hashchain.GENESIS)})
+    return {
+        "accounts": [
+            {"_id": system, "balance": -500, "seq": 1, "currency": "INR", "systemCurrency": "INR",
+             "lastHash": entries[0]["hash"]},
+            {"_id": customer, "balance": 500, "seq": 1, "currency": "INR", "lastHash": entries[1]["hash"],
+             "held": 200},
+        ],
+        "ledgers": entries,
+        "transactions": [{"_id": funding, "status": "COMPLETED", "amount": 500, "fromAccount": system,
+                          "toAccount": customer}],
+        "holds": [{"_id": ObjectId(), "fromAccount": customer, "amount": 200}],
+    }
+
+
+def test_the_ledger_audit_streams_every_collection_in_index_order_at_one_snapshot(app, replica_set):
     from bson import Timestamp
 
     from ledger.services import audit
@@ -164,24 +250,35 @@ def test_the_ledger_audit_reads_every_collection_at_one_snapshot(app, replica_se
         with app.app_context():
             return audit.verify()
 
-    account = ObjectId()
+    data = funded_ledger()
     point_in_time = Timestamp(1_767_000_000, 7)
+
+    def at_one_point_in_time(got: Received) -> None:
+        assert got.name == "find", got
+        rows = sorted(data[got.collection or ""], key=lambda row: tuple(row[k] for k in got.doc["sort"]))
+        namespace = f"{got.doc['$db']}.{got.collection}"
+        got.ok(cursor={"id": Int64(0), "ns": namespace, "atClusterTime": point_in_time, "firstBatch": rows})
+
     report = in_thread(run)
-    entries = replica_set.expect("find", "ledgers")
-    namespace = f"{entries.doc['$db']}.ledgers"
-    entries.ok(cursor={"id": Int64(0), "ns": namespace, "atClusterTime": point_in_time,
-                       "firstBatch": [{"_id": ObjectId(), "account": account, "type": "CREDIT", "amount": 5}]})
-    accounts = replica_set.expect("find", "accounts").cursor([{"_id": account, "balance": 5, "seq": 1,
-                                                              "currency": "INR"}])
+    reads = replica_set.serve_until(report, at_one_point_in_time)
 
     outcome = report.result(WAIT)
-    assert entries.doc["readConcern"] == {"level": "snapshot"}
-    # The second read is pinned to the first one's point in time: transfers committing between them are unseen.
-    assert accounts.doc["readConcern"] == {"level": "snapshot", "atClusterTime": point_in_time}
-    assert accounts.doc["lsid"] == entries.doc["lsid"]
-    for read in (entries, accounts):
+    assert outcome.problems == []
+    assert outcome.checked() == {"accounts": 2, "entries": 2, "transactions": 1, "currencies": 1}
+    # Three merge passes, each over cursors sorted by an index: memory stays bounded whatever the ledger's size.
+    assert [(got.collection, dict(got.doc["sort"])) for got in reads] == [
+        ("accounts", {"_id": 1}), ("ledgers", {"account": 1, "seq": 1}),
+        ("transactions", {"_id": 1}), ("ledgers", {"transaction": 1}),
+        ("accounts", {"_id": 1}), ("holds", {"fromAccount": 1})]
+    assert reads[-1].doc["filter"] == {"status": "ACTIVE"}
+    assert reads[0].doc["readConcern"] == {"level": "snapshot"}
+    # Every later read is pinned to the first one's point in time: transfers committing meanwhile are unseen.
+    for read in reads[1:]:
+        assert read.doc["readConcern"] == {"level": "snapshot", "atClusterTime": point_in_time}, read
+    assert len({repr(read.doc["lsid"]) for read in reads}) == 1
+    for read in reads:
         assert "txnNumber" not in read.doc  # a snapshot session, not a transaction: nothing to commit
-    assert outcome.problems == ["INR balances sum to 5 minor units, not 0"]
+        assert read.member is replica_set.primary
     replica_set.assert_quiet()
 
 

@@ -13,10 +13,12 @@ import bcrypt
 import pytest
 from bson import ObjectId
 
+from ledger import hashchain
 from tests.wire.bank import (
     AUTH,
     FIRST_FUNDING_IN_CURRENCY,
     FUNDING,
+    INSIDE,
     LOGIN,
     LOGOUT,
     OPEN_ACCOUNT,
@@ -39,7 +41,21 @@ def bank(app):
     return Bank(app)
 
 
-def test_a_transfer_is_two_auth_reads_then_one_transaction_of_six_commands(app, replica_set, bank):
+def available(amount: int) -> dict:
+    """The debit filter's clause ``balance - held >= amount`` (``held`` absent counts as 0)."""
+    return {"$expr": {"$gte": [{"$subtract": ["$balance", {"$ifNull": ["$held", 0]}]}, amount]}}
+
+
+def assert_chained(entry: dict, prev_hash: str) -> None:
+    """The entry carries ``prevHash`` and the hash of its own canonical line (docs/hash-chain.md)."""
+    assert entry["prevHash"] == prev_hash
+    assert entry["hash"] == hashchain.entry_hash(entry, prev_hash)
+
+
+@pytest.mark.parametrize("source_chain", ["chained", "awaiting backfill"])
+def test_a_transfer_is_two_auth_reads_then_one_transaction_of_six_commands(app, replica_set, bank, source_chain):
+    if source_chain == "awaiting backfill":  # entries written before the chain existed: no lastHash yet
+        del bank.source["lastHash"]
     response = http(app, "POST", "/api/transactions", bank.customer_token, json=bank.transfer_body("t-1", 25.5))
     served = serve_auth(replica_set, bank.customer) + serve_attempt(replica_set, bank)
 
@@ -47,21 +63,37 @@ def test_a_transfer_is_two_auth_reads_then_one_transaction_of_six_commands(app, 
     assert reply.status_code == 200, reply.get_json()
     check_sessions(served, TRANSFER)
     replica_set.assert_quiet()
+    read = served[2].doc
+    assert read["filter"] == {"_id": {"$in": [bank.source["_id"], bank.target["_id"]]}}
+    assert {"balance", "held", "seq", "lastHash", "updatedAt"} <= set(read["projection"])
     record = served[3].doc["documents"][0]
     assert (record["amount"], record["status"], record["idempotencyKey"]) == (2550, "COMPLETED", "t-1")
     assert record["initiator"] == bank.customer["_id"]
     assert reply.get_json()["transaction"]["_id"] == str(record["_id"])
     debit, credit = served[4].doc["updates"]
-    # Every rule that protects the money is in the debit's filter, and both pin the sequence number read.
-    assert debit["q"] == {"_id": bank.source["_id"], "currency": "INR", "seq": 7, "user": bank.customer["_id"],
-                          "status": "ACTIVE", "balance": {"$gte": 2550}}
+    entries = served[5].doc["documents"]
+    # Every rule that protects the money is in the debit's filter (what holds reserve included), and both pin
+    # the sequence number and the chain head read: the entries' prevHash is right only if nobody moved them.
+    head = bank.source.get("lastHash", {"$exists": False})
+    assert debit["q"] == {"_id": bank.source["_id"], "currency": "INR", "seq": 7, "lastHash": head,
+                          "user": bank.customer["_id"], "status": "ACTIVE", "balance": {"$gte": 2550},
+                          **available(2550)}
     assert debit["u"]["$inc"] == {"balance": -2550, "seq": 1}
-    assert credit["q"] == {"_id": bank.target["_id"], "status": "ACTIVE", "currency": "INR", "seq": 0}
+    assert credit["q"] == {"_id": bank.target["_id"], "status": "ACTIVE", "currency": "INR", "seq": 0,
+                           "lastHash": {"$exists": False}}
     assert credit["u"]["$inc"] == {"balance": 2550, "seq": 1}
     assert served[4].doc["ordered"] is True
-    entries = served[5].doc["documents"]
     assert [(e["type"], e["amount"], e["balanceAfter"], e["seq"]) for e in entries] == [
         ("DEBIT", 2550, 100_000 - 2550, 8), ("CREDIT", 2550, 2550, 1)]
+    # The same update that passes the filter moves the chain head to the new entry's hash.
+    assert_chained(entries[1], hashchain.GENESIS)
+    assert credit["u"]["$set"] == {"updatedAt": entries[1]["createdAt"], "lastHash": entries[1]["hash"]}
+    if source_chain == "chained":
+        assert_chained(entries[0], bank.source["lastHash"])
+        assert debit["u"]["$set"] == {"updatedAt": entries[0]["createdAt"], "lastHash": entries[0]["hash"]}
+    else:  # left for backfill-ledger-chain, which chains the account's entries in order
+        assert {"hash", "prevHash"}.isdisjoint(entries[0])
+        assert debit["u"]["$set"] == {"updatedAt": entries[0]["createdAt"]}
     assert [m["kind"] for m in served[6].doc["documents"]] == ["transfer_receipt", "credit_notice"]
 
 
@@ -75,9 +107,49 @@ def test_a_funding_with_the_system_account_in_place_is_the_same_six_commands(app
     check_sessions(served, FUNDING)
     replica_set.assert_quiet()
     debit, credit = served[4].doc["updates"]
-    assert debit["q"] == {"_id": bank.system_account["_id"], "currency": "INR", "seq": 3, "systemCurrency": "INR"}
-    assert credit["q"]["_id"] == bank.target["_id"]
+    entries = served[5].doc["documents"]
+    # The system account alone may go negative: no balance rule, but its sequence and chain head are pinned.
+    assert debit["q"] == {"_id": bank.system_account["_id"], "currency": "INR", "seq": 3,
+                          "lastHash": bank.system_account["lastHash"], "systemCurrency": "INR"}
+    assert credit["q"] == {"_id": bank.target["_id"], "status": "ACTIVE", "currency": "INR", "seq": 0,
+                           "lastHash": {"$exists": False}}
+    assert_chained(entries[0], bank.system_account["lastHash"])
+    assert_chained(entries[1], hashchain.GENESIS)
+    assert [update["u"]["$set"]["lastHash"] for update in (debit, credit)] == [e["hash"] for e in entries]
     assert [m["kind"] for m in served[6].doc["documents"]] == ["funding_credit_notice"]
+
+
+def test_a_transfer_from_an_account_with_holds_first_releases_those_past_expiry_in_the_same_transaction(
+        app, replica_set, bank):
+    bank.source["held"] = 5_000  # 3000 of it by a hold that expired, not yet swept
+    expired_hold = {"_id": ObjectId(), "amount": 3_000}
+    response = http(app, "POST", "/api/transactions", bank.customer_token, json=bank.transfer_body("t-h", 10))
+    served = serve_auth(replica_set, bank.customer)
+    served.append(replica_set.expect("find", "accounts").cursor([bank.source, bank.target]))
+    due = replica_set.expect("find", "holds").cursor([expired_hold])
+    expire = replica_set.expect("update", "holds").ok(n=1, nModified=1)
+    release = replica_set.expect("update", "accounts").ok(n=1, nModified=1)
+    served += [due, expire, release]
+    served += serve_attempt(replica_set, bank, skip_read=True)
+
+    reply = response.result(WAIT)
+    assert reply.status_code == 200, reply.get_json()
+    check_sessions(served, [*TRANSFER[:3], Step("find", "holds", INSIDE), Step("update", "holds", INSIDE),
+                            Step("update", "accounts", INSIDE), *TRANSFER[3:]])
+    replica_set.assert_quiet()
+    assert due.doc["filter"]["fromAccount"] == bank.source["_id"]
+    assert due.doc["filter"]["status"] == "ACTIVE"
+    assert set(due.doc["filter"]["expiresAt"]) == {"$lte"}
+    (expiry,) = expire.doc["updates"]
+    assert expiry["multi"] is True
+    assert expiry["q"] == {"_id": {"$in": [expired_hold["_id"]]}, "status": "ACTIVE",
+                           "expiresAt": due.doc["filter"]["expiresAt"]}  # still ACTIVE, still expired
+    assert expiry["u"]["$set"]["status"] == "EXPIRED"
+    (released,) = release.doc["updates"]
+    assert released["q"] == {"_id": bank.source["_id"], "held": {"$gte": 3_000}}
+    assert released["u"] == {"$inc": {"held": -3_000}}
+    (debit, _credit) = served[-4].doc["updates"]
+    assert debit["q"]["$expr"] == available(1_000)["$expr"]  # balance - held, whatever the read said
 
 
 def test_the_first_funding_in_a_currency_opens_the_system_account_inside_the_same_transaction(

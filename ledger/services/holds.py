@@ -36,7 +36,6 @@ from ledger.errors import (
     HoldConflict,
     HoldNotFound,
     IdempotencyConflict,
-    LedgerError,
     ServiceUnavailable,
     TransactionPending,
     TransferAccountNotFound,
@@ -47,6 +46,7 @@ from ledger.services import notifications
 from ledger.services.transfers import (
     _ACCOUNT_READ,
     HOLD_CAPTURE,
+    KeyAlreadyUsed,
     _AccountChanged,
     _Attempt,
     _is_duplicate_key_batch,
@@ -59,6 +59,7 @@ from ledger.services.transfers import (
     available_filter,
     fingerprint,
     release_expired_holds,
+    require_unused_key,
 )
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,6 @@ class CaptureResult:
     hold: dict[str, Any]
     transaction: dict[str, Any]
     replayed: bool
-
-
-class _AlreadyUsedKey(LedgerError):
-    """The caller's key already has a record: answer with a replay, whatever has happened since."""
 
 
 def effective_status(hold: dict[str, Any], now: datetime | None = None) -> str:
@@ -173,9 +170,7 @@ def capture(caller: dict[str, Any], hold_id: ObjectId, amount: Decimal | None, k
 
     def attempt(session: ClientSession) -> _Attempt:
         database = db.get_db()
-        if database.transactions.find_one({"initiator": caller_id, "idempotencyKey": key}, {"_id": 1},
-                                          session=session) is not None:
-            raise _AlreadyUsedKey()
+        require_unused_key(session, caller_id, key)
         hold = _owned_hold(database, caller_id, hold_id, session)
         now = utcnow()
         status = effective_status(hold, now)
@@ -216,7 +211,7 @@ def capture(caller: dict[str, Any], hold_id: ObjectId, amount: Decimal | None, k
             raise
         log.error("unexpected duplicate key capturing a hold: %s", exc.details)
         raise ServiceUnavailable() from exc
-    except (_AlreadyUsedKey, DuplicateKeyError) as exc:
+    except (KeyAlreadyUsed, DuplicateKeyError) as exc:
         if isinstance(exc, DuplicateKeyError) and not _is_idempotency_key_violation(exc):
             log.error("unexpected duplicate key capturing a hold: %s", exc.details)
             raise ServiceUnavailable() from exc

@@ -26,12 +26,13 @@ from bson import ObjectId
 from pymongo.client_session import ClientSession
 
 from ledger import db
-from ledger.errors import LedgerError, TransactionNotFound, TransactionNotReversible
+from ledger.errors import TransactionNotFound, TransactionNotReversible
 from ledger.models import utcnow
 from ledger.services import notifications
 from ledger.services.transfers import (
     _ACCOUNT_READ,
     REVERSAL,
+    KeyAlreadyUsed,
     TransferResult,
     _AccountChanged,
     _Attempt,
@@ -41,13 +42,10 @@ from ledger.services.transfers import (
     _replay,
     _transfer_rule_violation,
     release_expired_holds,
+    require_unused_key,
 )
 
 REVERSIBLE_KINDS = ("TRANSFER", "INITIAL_FUNDS")
-
-
-class _AlreadyUsedKey(LedgerError):
-    """Raised inside the transaction when the caller's key already has a record: answer with a replay."""
 
 
 def reversal_fingerprint(original_id: ObjectId, reason: str | None) -> str:
@@ -61,9 +59,7 @@ def reverse(system_user: dict[str, Any], original_id: ObjectId, key: str, reason
 
     def attempt(session: ClientSession) -> _Attempt:
         database = db.get_db()
-        if database.transactions.find_one({"initiator": system_id, "idempotencyKey": key}, {"_id": 1},
-                                          session=session) is not None:
-            raise _AlreadyUsedKey()
+        require_unused_key(session, system_id, key)
         original = database.transactions.find_one({"_id": original_id}, session=session)
         if original is None:
             raise TransactionNotFound()
@@ -99,7 +95,7 @@ def reverse(system_user: dict[str, Any], original_id: ObjectId, key: str, reason
 
     try:
         return _execute(attempt, system_id, key, request_fingerprint)
-    except _AlreadyUsedKey:
+    except KeyAlreadyUsed:
         return _replay(system_id, key, request_fingerprint)
 
 

@@ -42,6 +42,7 @@ from ledger.errors import (
     FundingTargetNotFound,
     IdempotencyConflict,
     InsufficientFunds,
+    LedgerError,
     ServiceUnavailable,
     TargetAccountInactive,
     TransactionPending,
@@ -85,6 +86,19 @@ class _AccountChanged(OperationFailure):
             code=112,
             details={"errorLabels": [db.TRANSIENT_LABEL]},
         )
+
+
+class KeyAlreadyUsed(LedgerError):  # never shown: callers turn it into a replay
+    """Raised inside a transaction when the caller's key already has a record (a capture or a reversal whose
+    first attempt committed): the answer is that record's replay, whatever has happened to its subject since."""
+
+
+def require_unused_key(session: ClientSession, initiator_id: ObjectId, key: str) -> None:
+    """One indexed read of the caller's key, first thing in a transaction whose rules would otherwise refuse
+    its own replay (a captured hold, a reversed transaction); raises :class:`KeyAlreadyUsed` if it is taken."""
+    if db.get_db().transactions.find_one({"initiator": initiator_id, "idempotencyKey": key}, {"_id": 1},
+                                         session=session) is not None:
+        raise KeyAlreadyUsed()
 
 
 def fingerprint(kind: str, from_account: ObjectId | str, to_account: ObjectId, amount: Decimal) -> str:

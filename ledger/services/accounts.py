@@ -17,6 +17,7 @@ from ledger.errors import (
     ServiceUnavailable,
 )
 from ledger.models import Account, to_document, utcnow
+from ledger.services.holds import available_balance
 
 ACCOUNT_FIELDS = {"_id": 1, "user": 1, "status": 1, "currency": 1, "balance": 1, "held": 1, "createdAt": 1,
                   "updatedAt": 1}
@@ -33,8 +34,6 @@ def open_account(owner_id: ObjectId, currency: str) -> dict[str, Any]:
 
 def with_available(account: dict[str, Any]) -> dict[str, Any]:
     """The account with ``available``: its balance less what unexpired holds reserve (minor units)."""
-    from ledger.services.holds import available_balance
-
     account["available"] = available_balance(account)
     return account
 

@@ -14,6 +14,7 @@ and the next write on the account releases it in its own transaction. The backgr
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
@@ -358,3 +359,4 @@ def install_sweeper(app: Flask) -> None:
             if sweeper is None or sweeper.pid != os.getpid():
                 state["sweeper"] = HoldSweeper(app, interval)
                 state["sweeper"].thread.start()
+                atexit.register(state["sweeper"].stop)

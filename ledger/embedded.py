@@ -26,16 +26,17 @@ call each other internally count once), which the command-count tests and the be
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import os
-import pickle
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import mongomock_ng
+from bson import ObjectId
 from mongomock_ng import collection as _collection_module
 from mongomock_ng import helpers as _helpers
 from mongomock_ng import session as _session_module
@@ -270,7 +271,7 @@ class Engine:
         if not operations:
             return None
         journal = self.journal
-        ticket = journal.append(pickle.dumps(operations, protocol=pickle.HIGHEST_PROTOCOL))
+        ticket = journal.append(journal_module.encode_operations(operations))
         if journal.size > max(journal_module.COMPACT_MIN_BYTES, 2 * self.snapshot_size):
             self.compact()  # syncs this journal first, so the ticket is durable when it returns
         return journal, ticket
@@ -387,7 +388,41 @@ def _install() -> None:
         cursor_class._compute_results = _serialized(cursor_class._compute_results)
         _patch_sessions(_session_module.ClientSession)
         _patch_lookups(collection_class)
+        _patch_datetime_awareness()
         _installed = True
+
+
+def _patch_datetime_awareness() -> None:
+    """mongomock-ng's ``patch_datetime_awareness_in_document`` (every inserted document, update and filter goes
+    through it: naive UTC, millisecond datetimes, as MongoDB stores them), without its five ``isinstance``
+    checks on every plain value. Plain dicts, lists and tuples are rebuilt here, values of the common exact
+    types kept as they are, and naive or UTC datetimes truncated to the millisecond in one step; anything else
+    (another time zone, a Timestamp, an OrderedDict or another dict subclass) goes to the original, so every
+    answer is exactly the original's (``tests/test_embedded_engine.py`` compares the two on generated values)."""
+    original = _helpers.patch_datetime_awareness_in_document
+    if getattr(original, "__ledger_fast__", False):
+        return
+    plain = frozenset({str, int, float, bool, type(None), ObjectId, bytes})
+
+    def patch(value: Any) -> Any:
+        kind = type(value)
+        if kind is dict:
+            return {key: item if type(item) in plain else patch(item) for key, item in value.items()}
+        if kind is list or kind is tuple:
+            return [item if type(item) in plain else patch(item) for item in value]
+        if kind in plain:
+            return value
+        if kind is datetime.datetime:
+            zone = value.tzinfo
+            if zone is None:
+                return value.replace(microsecond=value.microsecond // 1000 * 1000)
+            if zone is datetime.UTC:  # what the app writes: the offset is zero, only the zone goes
+                return value.replace(tzinfo=None, microsecond=value.microsecond // 1000 * 1000)
+        return original(value)
+
+    patch.__ledger_fast__ = True  # type: ignore[attr-defined]
+    patch.original = original  # type: ignore[attr-defined]
+    _helpers.patch_datetime_awareness_in_document = patch
 
 
 def _patch_sessions(session_class: type) -> None:

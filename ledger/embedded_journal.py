@@ -7,11 +7,15 @@ Folder layout (``LEDGER_DATA_DIR``)::
     journal.<N>       records appended since snapshot N was written
     jwt-secret        the development JWT secret (see config.py)
 
-A journal record is ``length (4 bytes) | crc32 (4 bytes) | payload``; the payload is a pickled list of
-operations: the new state of every document a commit (or a standalone write) changed, and the definition of
-every collection whose indexes or options changed. A commit appends its record under the engine lock, then
-waits (without the lock) until an fsync covers it: whoever finds no fsync running starts one for everything
-appended so far, so concurrent commits share a flush (group commit). If an fsync fails the engine is poisoned:
+A journal record is ``length (4 bytes) | crc32 (4 bytes) | payload``; the payload is a list of operations:
+the new state of every document a commit (or a standalone write) changed, and the definition of every
+collection whose indexes or options changed. A record of document writes is BSON (``BSN1`` then one BSON
+document), which the driver's C extension encodes and decodes in microseconds; a record defining a collection,
+or holding a value BSON cannot carry exactly, is a pickle (older folders hold only pickles: both are read).
+
+A commit appends its record under the engine lock, then waits (without the lock) until an fsync covers it:
+whoever finds no fsync running starts one for everything appended so far, so concurrent commits share a flush
+(group commit). If an fsync fails the engine is poisoned:
 that commit and every later operation fail, and only a restart (which replays what reached the disk) serves
 again.
 
@@ -20,8 +24,10 @@ journal: it was never acknowledged (its fsync had not returned), so it is discar
 there, with a warning. Compaction writes a new snapshot (temp file, fsync, rename, fsync the folder), then
 starts an empty journal and deletes the old one.
 
-Records are pickled Python objects: the folder is as trusted as the code that reads it (anyone who can write
-it can change every balance anyway), and pickle hands back exactly the objects that were committed.
+Pickled records and snapshot headers mean the folder is as trusted as the code that reads it (anyone who can
+write it can change every balance anyway); pickle hands back exactly the objects that were committed. BSON
+hands back the same values: documents as dicts, naive UTC datetimes (the store keeps them so), and 64-bit
+integers as plain ints (a type decoder undoes the driver's ``Int64`` wrapper).
 """
 
 from __future__ import annotations
@@ -41,6 +47,11 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import bson
+from bson.codec_options import CodecOptions, TypeDecoder, TypeRegistry
+from bson.errors import InvalidDocument
+from bson.int64 import Int64
+from bson.objectid import ObjectId
 from pymongo.errors import ConnectionFailure
 
 log = logging.getLogger(__name__)
@@ -159,6 +170,36 @@ def lock_for_server(path: str) -> int:
 
 # ------------------------------------------------------------------------------------------ the journal
 
+_BSON_TAG = b"BSN1"  # a pickle (protocol 2 and later) starts with b"\x80": the two cannot be confused
+
+
+class _PlainInt(TypeDecoder):
+    bson_type = Int64
+
+    def transform_bson(self, value: Any) -> int:
+        return int(value)
+
+
+_CODEC = CodecOptions(document_class=dict, tz_aware=False, type_registry=TypeRegistry([_PlainInt()]))
+_BSON_IDS = (ObjectId, str, int)
+
+
+def encode_operations(operations: list[tuple]) -> bytes:
+    """One record's payload: BSON when every operation is a document write BSON carries exactly, else pickle."""
+    if all(op[0] != "meta" and type(op[3]) in _BSON_IDS for op in operations):
+        try:
+            return _BSON_TAG + bson.encode({"o": operations}, codec_options=_CODEC)
+        except (InvalidDocument, OverflowError, TypeError, ValueError):
+            pass  # e.g. a Decimal or a set in a document: pickle keeps it as it is
+    return pickle.dumps(operations, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_operations(payload: bytes) -> list[tuple]:
+    if payload[:len(_BSON_TAG)] == _BSON_TAG:
+        return [tuple(op) for op in bson.decode(payload[len(_BSON_TAG):], codec_options=_CODEC)["o"]]
+    return pickle.loads(payload)  # noqa: S301 - our own folder, see the module docstring
+
+
 
 def _frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
@@ -177,7 +218,7 @@ def read_records(path: str) -> tuple[list[Any], int, int]:
         if len(payload) != length or zlib.crc32(payload) != crc:
             break
         try:
-            records.append(pickle.loads(payload))  # noqa: S301 - our own folder, see the module docstring
+            records.append(decode_operations(payload))
         except Exception:  # a payload that passes its checksum but does not decode: treat as corrupt
             break
         offset = start + length

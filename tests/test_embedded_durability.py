@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import pickle
 import random
 import threading
+from decimal import Decimal
 
 import mongomock_ng
 import pytest
+from bson import ObjectId
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
@@ -213,3 +216,49 @@ def test_a_renamed_collection_keeps_its_documents_and_indexes_across_a_restart(f
     assert reopened.old.count_documents({}) == 0
     with pytest.raises(DuplicateKeyError):
         reopened.new.insert_one({"k": 3})
+
+
+def _typed(value):
+    """A value with every type spelled out (``==`` alone calls ``Int64(5)`` equal to ``5``)."""
+    if isinstance(value, dict):
+        return (type(value).__name__, [(key, _typed(item)) for key, item in value.items()])
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [_typed(item) for item in value])
+    return (type(value).__name__, value)
+
+
+def test_journal_records_of_document_writes_are_bson_and_decode_to_the_same_values():
+    stamp = datetime.datetime(2026, 1, 2, 3, 4, 5, 678000)  # as the store keeps it: naive UTC, milliseconds
+    document = {"_id": ObjectId(), "user": ObjectId(), "balance": 2**40, "small": 5, "negative": -2**35,
+                "rate": 1.5, "ok": True, "none": None, "when": stamp, "tags": ["a", {"nested": [1, 2**62]}],
+                "raw": b"\x00\x01", "name": "Zoë ✓"}
+    operations = [("put", "bank", "accounts", document["_id"], document), ("del", "bank", "ledgers", "key-1"),
+                  ("put", "bank", "counters", 7, {"_id": 7, "n": 1})]
+    payload = journal.encode_operations(operations)
+    assert payload.startswith(b"BSN1")
+    assert _typed(journal.decode_operations(payload)) == _typed(operations)
+
+
+@pytest.mark.parametrize("operations", [
+    [("put", "bank", "things", "x", {"_id": "x", "amount": Decimal("1.10")})],  # BSON has no Decimal
+    [("put", "bank", "things", "x", {"_id": "x", "big": 2**70})],  # beyond 64 bits
+    [("meta", "bank", "things", {"_id_": {"key": [("_id", 1)]}}, {}, True)],  # a collection's definition
+    [("del", "bank", "things", ("tuple", "id"))],  # an id BSON would hand back as a list
+], ids=["decimal", "huge-int", "meta", "tuple-id"])
+def test_a_record_bson_cannot_carry_exactly_is_pickled_and_still_read(operations):
+    payload = journal.encode_operations(operations)
+    assert payload[:1] == b"\x80"
+    assert _typed(journal.decode_operations(payload)) == _typed(operations)
+
+
+def test_a_folder_written_with_pickled_records_still_opens(folder):
+    client = embedded.create_client(folder)
+    _collection(client).insert_one({"_id": "kept", "n": 1})
+    embedded.close_engine(folder)
+    path = _journal_file(folder)
+    records, _good, _size = journal.read_records(path)
+    with open(path, "wb") as handle:  # the same records as an older version wrote them: pickles
+        for operations in records:
+            handle.write(journal._frame(pickle.dumps(operations, protocol=pickle.HIGHEST_PROTOCOL)))
+    client = embedded.create_client(folder)
+    assert _collection(client).find_one({"_id": "kept"}) == {"_id": "kept", "n": 1}

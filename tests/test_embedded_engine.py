@@ -8,12 +8,13 @@ transaction must leave documents, indexes and natural order as they were. Hypoth
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import itertools
 
 import pytest
-from bson import ObjectId
+from bson import SON, Decimal128, ObjectId, Regex, Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mongomock_ng import helpers
@@ -222,3 +223,51 @@ def test_the_outbox_claim_walks_the_index_in_order_and_stops_at_the_first_match(
                                                  sort=[("nextAttemptAt", 1)])
     assert claimed["nextAttemptAt"] == (now - datetime.timedelta(seconds=1999)).replace(tzinfo=datetime.UTC)
     assert len(checked) <= 3  # the oldest due message, not the whole backlog
+
+
+# ------------------------------------------------------------- mongomock-ng's datetime patch, made cheaper
+
+_ZONES = [None, datetime.UTC, datetime.timezone(datetime.timedelta(hours=5, minutes=30)),
+          datetime.timezone(datetime.timedelta(hours=-3))]
+patch_leaves = st.one_of(
+    values,
+    st.sampled_from([b"raw", 10**20, -1, True, "x" * 3]),
+    st.builds(lambda seconds, micros, zone: (_BASE + datetime.timedelta(seconds=seconds, microseconds=micros))
+              .replace(tzinfo=zone),
+              st.integers(min_value=-10**6, max_value=10**6), st.integers(min_value=0, max_value=999_999),
+              st.sampled_from(_ZONES)),
+    st.sampled_from([Timestamp(5, 1), Regex("^a", "i"), Decimal128("1.5")]),
+)
+patch_values = st.recursive(patch_leaves, lambda children: st.one_of(
+    st.lists(children, max_size=3),
+    st.lists(children, max_size=3).map(tuple),
+    st.dictionaries(st.sampled_from(["a", "b", "$in", "c.d"]), children, max_size=3),
+    st.dictionaries(st.sampled_from(["a", "b"]), children, max_size=3).map(collections.OrderedDict),
+    st.dictionaries(st.sampled_from(["a", "b"]), children, max_size=3).map(SON),
+), max_leaves=12)
+
+
+def _shape(value):
+    """A value with its container types spelled out (== alone would call a dict equal to an OrderedDict)."""
+    if isinstance(value, dict):
+        return (type(value).__name__, [(key, _shape(item)) for key, item in value.items()])
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [_shape(item) for item in value])
+    if isinstance(value, datetime.datetime):
+        return ("datetime", value, value.tzinfo)
+    return (type(value).__name__, value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(patch_values)
+def test_the_faster_datetime_patch_answers_exactly_as_mongomock_does(value):
+    embedded._install()
+    fast = helpers.patch_datetime_awareness_in_document
+    assert getattr(fast, "__ledger_fast__", False)
+    answer = _shape(fast(value))
+    helpers.patch_datetime_awareness_in_document = fast.original  # its recursion must reach itself, not us
+    try:
+        expected = _shape(fast.original(value))
+    finally:
+        helpers.patch_datetime_awareness_in_document = fast
+    assert answer == expected

@@ -38,6 +38,7 @@ from typing import Any
 import mongomock_ng
 from bson import ObjectId
 from mongomock_ng import collection as _collection_module
+from mongomock_ng import database as _database_module
 from mongomock_ng import helpers as _helpers
 from mongomock_ng import session as _session_module
 from mongomock_ng.filtering import filter_applies as _filter_applies
@@ -389,7 +390,35 @@ def _install() -> None:
         _patch_sessions(_session_module.ClientSession)
         _patch_lookups(collection_class)
         _patch_datetime_awareness()
+        _patch_collection_access(_database_module.Database)
         _installed = True
+
+
+def _patch_collection_access(database_class: type) -> None:
+    """``database.accounts`` without rebuilding and comparing options each time.
+
+    mongomock-ng's ``get_collection`` looks its Collection up and passes it through ``with_options`` with the
+    database's defaults, which compares every option and hands back the same object when nothing differs.
+    Asked with no options, the answer never changes, so it is remembered per database and name."""
+    original = database_class.get_collection
+    if getattr(original, "__ledger_cached__", False):
+        return
+
+    @functools.wraps(original)
+    def get_collection(self, name, codec_options=None, read_preference=None, write_concern=None,
+                       read_concern=None):
+        if codec_options is None and read_preference is None and write_concern is None and read_concern is None:
+            plain = self.__dict__.get("_ledger_collections")
+            if plain is None:
+                plain = self.__dict__["_ledger_collections"] = {}
+            found = plain.get(name)
+            if found is None:
+                found = plain[name] = original(self, name)
+            return found
+        return original(self, name, codec_options, read_preference, write_concern, read_concern)
+
+    get_collection.__ledger_cached__ = True  # type: ignore[attr-defined]
+    database_class.get_collection = get_collection
 
 
 def _patch_datetime_awareness() -> None:

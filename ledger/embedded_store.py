@@ -72,6 +72,10 @@ def record_scan(collection_name: str) -> None:
         raise ScanForbidden(f"a full scan of the {collection_name!r} collection (no index answers the filter)")
 
 
+# Index key values that are their own key (hashable, and _hashable hands them back unchanged).
+_SCALAR_KEYS = frozenset({str, int, float, bool, type(None), ObjectId, datetime.datetime})
+
+
 def _hashable(value: Any) -> Any:
     try:
         hash(value)
@@ -93,7 +97,7 @@ class Index:
     """One declared index: for each prefix length p, a map from the first p key values to the ids holding them."""
 
     __slots__ = ("by_id", "fields", "key", "maps", "name", "ordered", "ordered_items", "partial", "plannable",
-                 "sparse", "unique")
+                 "simple", "sparse", "unique")
 
     def __init__(self, name: str, spec: dict) -> None:
         self.name = name
@@ -105,6 +109,7 @@ class Index:
         # Only plain ascending/descending keys on top-level fields answer queries; others are kept for uniqueness.
         self.plannable = self.partial is None and all(
             "." not in field and direction in (1, -1) for field, direction in self.key)
+        self.simple = self.partial is None and all("." not in field for field in self.fields)
         self.maps: list[dict[tuple, dict[Any, None]]] = [{} for _ in self.fields]
         self.by_id: dict[Any, tuple] = {}
         # For a compound index, the documents of each full-but-last prefix ordered by the last key's value (then
@@ -116,6 +121,18 @@ class Index:
 
     def entries(self, document: dict) -> tuple | None:
         """The index keys of ``document`` (several if a key is an array), None if the index leaves it out."""
+        if self.simple:
+            # The usual case, answered without the general path's per-value work: every key a top-level field
+            # holding a scalar, which is its own index key (what _hashable returns for it).
+            get = document.get
+            values = tuple([get(field, NOTHING) for field in self.fields])
+            for value in values:
+                if type(value) not in _SCALAR_KEYS:
+                    break
+            else:
+                if self.sparse and all(value is None for value in values):
+                    return None
+                return (values,)
         if self.partial is not None and not filter_applies(self.partial, document):
             return None
         values = []

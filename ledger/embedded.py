@@ -43,6 +43,7 @@ from mongomock_ng import helpers as _helpers
 from mongomock_ng import session as _session_module
 from mongomock_ng.filtering import filter_applies as _filter_applies
 from mongomock_ng.filtering import resolve_sort_key as _resolve_sort_key
+from mongomock_ng.helpers import NOTHING
 from pymongo.errors import DuplicateKeyError
 
 from ledger import embedded_journal as journal_module
@@ -572,9 +573,91 @@ def _patch_lookups(collection_class: type) -> None:
 
     collection_class._iter_documents = _iter_documents
     collection_class._ensure_uniques = _ensure_uniques
+    collection_class._update_documents = _fast_updates(collection_class._update_documents)
     for name in ("_apply_update_document", "_apply_update_pipeline", "_apply_replace_document",
                  "_apply_empty_document"):
         setattr(collection_class, name, _preimage(getattr(collection_class, name)))
+
+
+_NUMBERS = (int, float)
+_SET_VALUES = frozenset({str, int, float, bool, type(None), ObjectId, datetime.datetime})
+
+
+def _simple_update(document: Any) -> bool:
+    """An update of only ``$inc`` (by a number) and ``$set`` (to a scalar) on distinct plain top-level fields."""
+    if type(document) is not dict or not document:
+        return False
+    seen: set = set()
+    for operator, fields in document.items():
+        if (operator != "$inc" and operator != "$set") or type(fields) is not dict or not fields:
+            return False
+        if not seen.isdisjoint(fields):  # one field under both (MongoDB refuses it as a conflict)
+            return False
+        seen.update(fields)
+        for name, value in fields.items():
+            if (type(name) is not str or not name or name == "_id" or "." in name or "$" in name
+                    or "\0" in name):
+                return False
+            kind = type(value)
+            if operator == "$inc":
+                if kind is not int and kind is not float:
+                    return False
+            elif kind not in _SET_VALUES or (kind is int and not -2**63 <= value < 2**63):
+                return False
+    return True
+
+
+def _fast_updates(original: Callable[..., Any]) -> Callable[..., Any]:
+    """mongomock-ng's update of matched documents, for the updates every money movement makes.
+
+    For ``$inc``/``$set`` on top-level fields (see :func:`_simple_update`), without upsert, sort or array
+    filters, on a collection without a validator: each matched document is copied, changed as mongomock-ng
+    would change it (``$inc`` adds to the value or sets a missing one; ``$set`` assigns; in the update's
+    order), checked against the unique indexes and stored in place of the old one, whose object stays intact
+    for the undo log. mongomock-ng instead deep-copies the document, changes it in place (with another copy
+    for our undo log) and compares the two. Anything else, including a ``$inc`` on a value that is not a plain
+    number (mongomock-ng's answer or error is kept), goes to the original. The same answer either way:
+    ``tests/test_embedded_engine.py`` runs both on generated documents and updates.
+    """
+    if getattr(original, "__ledger_fast__", False):
+        return original
+
+    @functools.wraps(original)
+    def _update_documents(self, spec, document, upsert, multi, sort, session=None, validate=True):
+        store = self._store
+        if (upsert or sort or self._current_array_filters or not isinstance(store, IndexedCollectionStore)
+                or store.options.get("validator") or not _simple_update(document)):
+            return original(self, spec, document, upsert, multi, sort, session, validate)
+        matched = list(self._iter_documents(spec))
+        if not multi:
+            matched = matched[:1]
+        increments = document.get("$inc")
+        if increments:
+            for existing in matched:
+                for name in increments:
+                    current = existing.get(name, NOTHING)
+                    if current is not NOTHING and type(current) is not int and type(current) is not float:
+                        return original(self, spec, document, upsert, multi, sort, session, validate)
+        modified = 0
+        for existing in matched:
+            changed = dict(existing)
+            for operator, fields in document.items():
+                if operator == "$inc":
+                    for name, delta in fields.items():
+                        changed[name] = changed.get(name, 0) + delta
+                else:
+                    changed.update(fields)
+            if changed != existing:
+                self._ensure_uniques(changed)
+                store[changed["_id"]] = changed
+                modified += 1
+        return {"connectionId": self.database.client._id, "err": None, "n": len(matched),
+                "nModified": modified if matched else 0, "ok": 1, "upserted": None,
+                "updatedExisting": bool(matched)}
+
+    _update_documents.__ledger_fast__ = True  # type: ignore[attr-defined]
+    _update_documents.original = original  # type: ignore[attr-defined]
+    return _update_documents
 
 
 def _patch_sorted_find_one(collection_class: type) -> None:

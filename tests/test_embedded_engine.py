@@ -271,3 +271,81 @@ def test_the_faster_datetime_patch_answers_exactly_as_mongomock_does(value):
     finally:
         helpers.patch_datetime_awareness_in_document = fast
     assert answer == expected
+
+
+# ------------------------------------------------------------- the fast path for $inc/$set updates
+
+_update_values = st.one_of(values, st.sampled_from([10**20, -7, 0.25, [1, 2], {"x": 1}]))
+_update_fields = st.sampled_from(["a", "b", "u", "n", "_id", "a.b", "$x"])
+_plain_fields = st.sampled_from(["a", "b", "u", "n", "m"])
+# Mostly updates the fast path takes ($inc by numbers, $set to scalars, plain fields), then anything at all.
+simple_updates = st.fixed_dictionaries({}, optional={
+    "$inc": st.dictionaries(_plain_fields, st.one_of(st.integers(-3, 3), st.sampled_from([0.5, -1.5])),
+                            min_size=1, max_size=2),
+    "$set": st.dictionaries(_plain_fields, values, min_size=1, max_size=3),
+}).filter(bool)
+updates = st.one_of(
+    simple_updates, simple_updates, simple_updates,
+    st.fixed_dictionaries({}, optional={
+        "$inc": st.dictionaries(_update_fields, st.one_of(st.integers(-3, 3), st.sampled_from([0.5, True])),
+                                min_size=1, max_size=2),
+        "$set": st.dictionaries(_update_fields, _update_values, min_size=1, max_size=3),
+    }),
+    st.dictionaries(st.sampled_from(["$inc", "$set", "$unset", "$max"]), st.dictionaries(
+        _update_fields, _update_values, max_size=2), max_size=2),
+)
+update_documents = st.fixed_dictionaries(
+    {"n": st.one_of(st.integers(-3, 3), st.integers(-3, 3), st.sampled_from([1.5, None, "1", True]))},
+    optional={"a": values, "b": values, "u": st.integers(0, 3)})
+
+
+def _outcome(collection, action):
+    try:
+        answer = action()
+        raw = dict(answer.raw_result) if answer is not None else {}
+        raw.pop("connectionId", None)  # each collection here has a client of its own
+        result = ("ok", raw)
+    except Exception as exc:  # noqa: BLE001 - the two paths must fail alike
+        result = ("error", type(exc).__name__)
+    result = (*result, [sorted(doc.items(), key=lambda item: item[0]) for doc in collection._store._documents.values()],
+              [list(doc) for doc in collection._store._documents.values()])  # values, and key order
+    return repr(result)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(docs=st.lists(update_documents, max_size=6), query=filters, update=updates, many=st.booleans(),
+       in_transaction=st.booleans())
+def test_the_fast_update_path_answers_and_stores_exactly_what_mongomock_does(docs, query, update, many,
+                                                                           in_transaction):
+    collection_class = type(_fresh_collection([]))
+    fast = collection_class._update_documents
+    assert getattr(fast, "__ledger_fast__", False)
+    indexes = [IndexModel([("u", ASCENDING)], unique=True, sparse=True), IndexModel([("a", ASCENDING)])]
+    numbered, taken = [], set()
+    for number, doc in enumerate(docs):  # unique "u" values to start with; the updates may collide them
+        doc = dict(doc, _id=number)
+        if "u" in doc:
+            if doc["u"] in taken:
+                del doc["u"]
+            else:
+                taken.add(doc["u"])
+        numbered.append(doc)
+    outcomes = []
+    for implementation in (fast, fast.original):
+        collection = _fresh_collection(indexes, numbered)
+        collection_class._update_documents = implementation
+        try:
+            method = collection.update_many if many else collection.update_one
+            if in_transaction:  # the undo log must restore what either path changed
+                with collection.database.client.start_session() as session:
+                    session.start_transaction()
+                    first = _outcome(collection, lambda method=method: method(query, update, session=session))
+                    session.abort_transaction()
+                outcomes.append((first, _outcome(collection, lambda: None)))
+            else:
+                outcomes.append(_outcome(collection, lambda method=method: method(query, update)))
+        finally:
+            collection_class._update_documents = fast
+        assert [doc["_id"] for doc in collection.find({"a": {"$exists": True}})] == _scan(
+            collection, {"a": {"$exists": True}})  # the index followed the change
+    assert outcomes[0] == outcomes[1]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import datetime
 import itertools
 
 import pytest
 from bson import SON, Decimal128, ObjectId, Regex, Timestamp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mongomock_ng import helpers
 from mongomock_ng.filtering import filter_applies
@@ -348,4 +349,85 @@ def test_the_fast_update_path_answers_and_stores_exactly_what_mongomock_does(doc
             collection_class._update_documents = fast
         assert [doc["_id"] for doc in collection.find({"a": {"$exists": True}})] == _scan(
             collection, {"a": {"$exists": True}})  # the index followed the change
+    assert outcomes[0] == outcomes[1]
+
+
+# ------------------------------------------------------------- the fast path for inserts
+
+_insert_keys = st.sampled_from(["a", "b", "u", "$x", "a\0b", "é", "a.b", "_id"])
+_insert_leaves = st.one_of(
+    values, st.sampled_from([10**20, -2**63, 2**63, "naïve", "\ud800", b"bytes", Decimal128("2.5"), (1, 2),
+                             frozenset({1}), Regex("^x")]),
+)
+_insert_values = st.recursive(_insert_leaves, lambda children: st.one_of(
+    st.lists(children, max_size=2),
+    st.dictionaries(_insert_keys, children, max_size=2),
+    st.dictionaries(_insert_keys, children, max_size=2).map(collections.OrderedDict),
+), max_leaves=6)
+insert_documents = st.one_of(
+    st.dictionaries(st.sampled_from(["a", "b", "u", "n"]), values, max_size=4),  # what the app writes
+    st.dictionaries(_insert_keys, _insert_values, max_size=4),
+)
+
+
+def _typed_documents(collection, generated_ids: bool) -> str:
+    stored = []
+    for doc in collection._store._documents.values():
+        shown = {key: value for key, value in doc.items() if not (generated_ids and key == "_id")}
+        stored.append(_shape(shown))
+    return repr(stored)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(docs=st.lists(insert_documents, min_size=1, max_size=4), many=st.booleans())
+@example(docs=[{"_id": "a"}, {"_id": "a"}], many=False)
+@example(docs=[{"_id": "a"}, {"_id": "a"}], many=True)
+@example(docs=[{"a": "\ud800"}], many=False)
+@example(docs=[{"a": "\ud800"}], many=True)
+@example(docs=[{"a": "naïve ✓"}], many=False)
+@example(docs=[{"a": "naïve ✓"}], many=True)
+@example(docs=[{"a": 2**63}], many=False)
+@example(docs=[{"a": 2**63}], many=True)
+@example(docs=[{"a": -2**63 - 1}], many=False)
+@example(docs=[{"a": -2**63 - 1}], many=True)
+@example(docs=[{"$x": 1}], many=False)
+@example(docs=[{"$x": 1}], many=True)
+@example(docs=[{"a": {"b\0": 1}}], many=False)
+@example(docs=[{"a": {"b\0": 1}}], many=True)
+@example(docs=[{"a": [{"$in": 1}]}], many=False)
+@example(docs=[{"a": [{"$in": 1}]}], many=True)
+@example(docs=[{"u": 1}, {"u": 1}], many=False)
+@example(docs=[{"u": 1}, {"u": 1}], many=True)
+@example(docs=[{"a\0": 1}], many=False)
+@example(docs=[{"a\0": 1}], many=True)
+@example(docs=[{"é": 1}], many=False)
+@example(docs=[{"é": 1}], many=True)
+@example(docs=[{"_id": 7, "u": 2}, {"_id": 8, "u": 2}], many=False)
+@example(docs=[{"_id": 7, "u": 2}, {"_id": 8, "u": 2}], many=True)
+@example(docs=[{"a": (1, 2)}], many=False)
+@example(docs=[{"a": (1, 2)}], many=True)
+def test_the_fast_insert_path_accepts_refuses_and_stores_exactly_what_mongomock_does(docs, many):
+    collection_class = type(_fresh_collection([]))
+    fast = collection_class._insert
+    assert getattr(fast, "__ledger_fast__", False)
+    outcomes = []
+    for implementation in (fast, fast.original):
+        collection = _fresh_collection([IndexModel([("u", ASCENDING)], unique=True, sparse=True)])
+        collection_class._insert = implementation
+        copies = [copy.deepcopy(doc) for doc in docs]
+        try:
+            if many:
+                collection.insert_many(copies)
+            else:
+                for doc in copies:
+                    collection.insert_one(doc)
+            result = "ok"
+        except Exception as exc:  # noqa: BLE001 - both paths must refuse alike
+            result = type(exc).__name__
+        finally:
+            collection_class._insert = fast
+        generated = any("_id" not in doc for doc in docs)
+        outcomes.append((result, _typed_documents(collection, generated),
+                         [sorted(key for key in doc if key != "_id") for doc in copies],
+                         ["_id" in doc for doc in copies]))
     assert outcomes[0] == outcomes[1]

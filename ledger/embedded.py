@@ -742,7 +742,8 @@ def _fast_inserts(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _patch_sorted_find_one(collection_class: type) -> None:
-    """``find_one(filter, sort=...)`` (the outbox claim) without materialising every match.
+    """``find_one(filter[, sort=...])`` (the outbox claim; every lookup of a user, a token, a hold) without
+    materialising every match through a cursor.
 
     mongomock-ng computes, copies and sorts every matching document, then keeps the first. Here the index's
     candidates are sorted first (the same stable sort on the same keys, so ties keep natural order) and the
@@ -756,16 +757,22 @@ def _patch_sorted_find_one(collection_class: type) -> None:
     def find_one(self, filter=None, *args, **kwargs):  # noqa: A002 - pymongo's parameter name
         sort = kwargs.get("sort")
         store = self._store
-        if (not sort or args or set(kwargs) - {"sort", "projection", "session"}
+        if (args or set(kwargs) - {"sort", "projection", "session"}
                 or not isinstance(filter, dict) or not isinstance(store, IndexedCollectionStore)
                 or "$near" in repr(filter)):
             return original(self, filter, *args, **kwargs)
         spec = _helpers.patch_datetime_awareness_in_document(filter)
+        documents = store._documents
+        if not sort:
+            # No sort: the first match in natural order, which is the order of the index's candidates.
+            ids = store.candidate_ids(spec)
+            if ids is None:
+                return original(self, filter, *args, **kwargs)
+            return _first_match(self, spec, [documents[doc_id] for doc_id in ids], kwargs.get("projection"))
         keys = list(sort.items()) if isinstance(sort, dict) else [
             (item, 1) if isinstance(item, str) else tuple(item) for item in sort]
         if any(not isinstance(key, str) or key.startswith("$") for key, _direction in keys):
             return original(self, filter, *args, **kwargs)
-        documents = store._documents
         ordered = store.ordered_candidates(spec, keys[0][0], keys[0][1] < 0) if len(keys) == 1 else None
         if ordered is not None:
             # Walk the index in sort order; the first document the filter accepts is the answer.
@@ -777,23 +784,29 @@ def _patch_sorted_find_one(collection_class: type) -> None:
             candidates = [documents[doc_id] for doc_id in ids]
             for key, direction in reversed(keys):
                 candidates.sort(key=functools.partial(_resolve_sort_key, key), reverse=direction < 0)
-        checked = False
-        for document in candidates:
-            checked = True
-            if _filter_applies(spec, document):
-                found = self._copy_only_fields(document, kwargs.get("projection"), dict, filter=spec)
-                if found is None:
-                    continue
-                if self.codec_options.tz_aware:
-                    found = _helpers.make_datetime_timezone_aware_in_document(found)
-                document_class = self.codec_options.document_class
-                return found if document_class is dict else document_class(found)
-        if not checked:
-            _filter_applies(spec, {})  # an invalid filter still raises, as it would on a scan
-        return None
+        return _first_match(self, spec, candidates, kwargs.get("projection"))
 
     find_one.__ledger_sorted__ = True
+    find_one.original = original  # type: ignore[attr-defined]
     collection_class.find_one = find_one
+
+
+def _first_match(collection: Any, spec: dict, candidates: Any, projection: Any) -> Any:
+    """The first of ``candidates`` the filter accepts, as mongomock-ng's cursor would hand it out."""
+    checked = False
+    for document in candidates:
+        checked = True
+        if _filter_applies(spec, document):
+            found = collection._copy_only_fields(document, projection, dict, filter=spec)
+            if found is None:
+                continue
+            if collection.codec_options.tz_aware:
+                found = _helpers.make_datetime_timezone_aware_in_document(found)
+            document_class = collection.codec_options.document_class
+            return found if document_class is dict else document_class(found)
+    if not checked:
+        _filter_applies(spec, {})  # an invalid filter still raises, as it would on a scan
+    return None
 
 
 def _notify(name: str, collection: str) -> None:

@@ -431,3 +431,20 @@ def test_the_fast_insert_path_accepts_refuses_and_stores_exactly_what_mongomock_
                          [sorted(key for key in doc if key != "_id") for doc in copies],
                          ["_id" in doc for doc in copies]))
     assert outcomes[0] == outcomes[1]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(docs=st.lists(documents, max_size=10), query=filters,
+       projection=st.sampled_from([None, {"a": 1}, {"a": 0}, {"_id": 0, "b": 1}, {"a": 1, "b": 0}]),
+       late=st.booleans())
+def test_find_one_without_a_sort_equals_mongomocks_first_match(docs, query, projection, late):
+    collection = _fresh_collection([IndexModel([("a", ASCENDING)]), IndexModel([("c", ASCENDING)], sparse=True)],
+                                   docs, late)
+    original = type(collection).find_one.original
+    try:
+        expected = original(collection, query, projection=projection)
+    except Exception as exc:  # noqa: BLE001 - an invalid filter or projection must fail the same way
+        with pytest.raises(type(exc)):
+            collection.find_one(query, projection=projection)
+        return
+    assert collection.find_one(query, projection=projection) == expected

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 import mongomock_ng
-from bson import ObjectId
+from bson import Int64, ObjectId
 from mongomock_ng import collection as _collection_module
 from mongomock_ng import database as _database_module
 from mongomock_ng import helpers as _helpers
@@ -580,8 +580,8 @@ def _patch_lookups(collection_class: type) -> None:
         setattr(collection_class, name, _preimage(getattr(collection_class, name)))
 
 
-_NUMBERS = (int, float)
-_SET_VALUES = frozenset({str, int, float, bool, type(None), ObjectId, datetime.datetime})
+_NUMBERS = frozenset({int, float, Int64})  # the app keeps money as Int64 (always a 64-bit BSON integer)
+_SET_VALUES = frozenset({str, int, float, bool, type(None), ObjectId, datetime.datetime, Int64})
 
 
 def _simple_update(document: Any) -> bool:
@@ -601,9 +601,9 @@ def _simple_update(document: Any) -> bool:
                 return False
             kind = type(value)
             if operator == "$inc":
-                if kind is not int and kind is not float:
+                if kind not in _NUMBERS:
                     return False
-            elif kind not in _SET_VALUES or (kind is int and not -2**63 <= value < 2**63):
+            elif kind not in _SET_VALUES or ((kind is int or kind is Int64) and not -2**63 <= value < 2**63):
                 return False
     return True
 
@@ -637,7 +637,7 @@ def _fast_updates(original: Callable[..., Any]) -> Callable[..., Any]:
             for existing in matched:
                 for name in increments:
                     current = existing.get(name, NOTHING)
-                    if current is not NOTHING and type(current) is not int and type(current) is not float:
+                    if current is not NOTHING and type(current) not in _NUMBERS:
                         return original(self, spec, document, upsert, multi, sort, session, validate)
         modified = 0
         for existing in matched:
@@ -672,7 +672,16 @@ def _plainly_encodable(document: dict, top: bool = True) -> bool:
     for key, value in document.items():
         if type(key) is not str or not key.isascii() or "\0" in key or (top and key[:1] == "$"):
             return False
-        if not _plain_value(value):
+        kind = type(value)  # the scalar cases inline: this runs for every field of every inserted document
+        if kind in _PLAIN_VALUES:
+            continue
+        if kind is str:
+            if not value.isascii():
+                return False
+        elif kind is int or kind is Int64:
+            if not -2**63 <= value < 2**63:
+                return False
+        elif not _plain_value(value):
             return False
     return True
 
@@ -681,7 +690,7 @@ def _plain_value(value: Any) -> bool:
     kind = type(value)
     if kind is str:
         return value.isascii()
-    if kind is int:
+    if kind is int or kind is Int64:
         return -2**63 <= value < 2**63
     if kind in _PLAIN_VALUES:
         return True

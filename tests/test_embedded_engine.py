@@ -15,7 +15,7 @@ import datetime
 import itertools
 
 import pytest
-from bson import SON, Decimal128, ObjectId, Regex, Timestamp
+from bson import SON, Decimal128, Int64, ObjectId, Regex, Timestamp
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mongomock_ng import helpers
@@ -281,8 +281,8 @@ _update_fields = st.sampled_from(["a", "b", "u", "n", "_id", "a.b", "$x"])
 _plain_fields = st.sampled_from(["a", "b", "u", "n", "m"])
 # Mostly updates the fast path takes ($inc by numbers, $set to scalars, plain fields), then anything at all.
 simple_updates = st.fixed_dictionaries({}, optional={
-    "$inc": st.dictionaries(_plain_fields, st.one_of(st.integers(-3, 3), st.sampled_from([0.5, -1.5])),
-                            min_size=1, max_size=2),
+    "$inc": st.dictionaries(_plain_fields, st.one_of(st.integers(-3, 3), st.integers(-3, 3).map(Int64),
+                                                     st.sampled_from([0.5, -1.5])), min_size=1, max_size=2),
     "$set": st.dictionaries(_plain_fields, values, min_size=1, max_size=3),
 }).filter(bool)
 updates = st.one_of(
@@ -296,7 +296,7 @@ updates = st.one_of(
         _update_fields, _update_values, max_size=2), max_size=2),
 )
 update_documents = st.fixed_dictionaries(
-    {"n": st.one_of(st.integers(-3, 3), st.integers(-3, 3), st.sampled_from([1.5, None, "1", True]))},
+    {"n": st.one_of(st.integers(-3, 3), st.integers(-3, 3).map(Int64), st.sampled_from([1.5, None, "1", True]))},
     optional={"a": values, "b": values, "u": st.integers(0, 3)})
 
 
@@ -356,8 +356,8 @@ def test_the_fast_update_path_answers_and_stores_exactly_what_mongomock_does(doc
 
 _insert_keys = st.sampled_from(["a", "b", "u", "$x", "a\0b", "é", "a.b", "_id"])
 _insert_leaves = st.one_of(
-    values, st.sampled_from([10**20, -2**63, 2**63, "naïve", "\ud800", b"bytes", Decimal128("2.5"), (1, 2),
-                             frozenset({1}), Regex("^x")]),
+    values, st.sampled_from([10**20, -2**63, 2**63, Int64(5), Int64(2**63), "naïve", "\ud800", b"bytes",
+                             Decimal128("2.5"), (1, 2), frozenset({1}), Regex("^x")]),
 )
 _insert_values = st.recursive(_insert_leaves, lambda children: st.one_of(
     st.lists(children, max_size=2),
@@ -389,6 +389,8 @@ def _typed_documents(collection, generated_ids: bool) -> str:
 @example(docs=[{"a": 2**63}], many=False)
 @example(docs=[{"a": 2**63}], many=True)
 @example(docs=[{"a": -2**63 - 1}], many=False)
+@example(docs=[{"a": Int64(2**63)}], many=False)
+@example(docs=[{"a": Int64(-5)}], many=False)
 @example(docs=[{"a": -2**63 - 1}], many=True)
 @example(docs=[{"$x": 1}], many=False)
 @example(docs=[{"$x": 1}], many=True)

@@ -575,6 +575,7 @@ def _patch_lookups(collection_class: type) -> None:
     collection_class._ensure_uniques = _ensure_uniques
     collection_class._update_documents = _fast_updates(collection_class._update_documents)
     collection_class._insert = _fast_inserts(collection_class._insert)
+    collection_class._copy_only_fields = _fast_copies(collection_class._copy_only_fields)
     for name in ("_apply_update_document", "_apply_update_pipeline", "_apply_replace_document",
                  "_apply_empty_document"):
         setattr(collection_class, name, _preimage(getattr(collection_class, name)))
@@ -748,6 +749,63 @@ def _fast_inserts(original: Callable[..., Any]) -> Callable[..., Any]:
     _insert.__ledger_fast__ = True  # type: ignore[attr-defined]
     _insert.original = original  # type: ignore[attr-defined]
     return _insert
+
+
+# Values a copy may share with the stored document: immutable, so copy.copy hands back an equal value anyway.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), ObjectId, datetime.datetime, Int64, bytes})
+
+
+def _fast_copies(original: Callable[..., Any]) -> Callable[..., Any]:
+    """mongomock-ng's copy of a stored document for a reader (whole, or by a plain projection), for the
+    documents the app stores: every value immutable, so a shallow copy is as good as its deep one.
+
+    A projection qualifies when its keys are top-level field names and its values 0/1/True/False, all
+    including or all excluding apart from ``_id``. The answer, its key order (an included ``_id`` goes last,
+    as mongomock-ng puts it) and the projection dict left behind (``_id`` moved last, or added) are the
+    original's; anything else goes to the original. Checked on generated documents and projections."""
+    if getattr(original, "__ledger_fast__", False):
+        return original
+
+    @functools.wraps(original)
+    def _copy_only_fields(self, doc, fields, container, filter=None):  # noqa: A002 - mongomock-ng's name
+        if container is not dict or type(doc) is not dict:
+            return original(self, doc, fields, container, filter)
+        for value in doc.values():
+            if type(value) not in _IMMUTABLE:
+                return original(self, doc, fields, container, filter)
+        if not fields:
+            return dict(doc)
+        if type(fields) is not dict:
+            return original(self, doc, fields, container, filter)
+        mode = None
+        for key, value in fields.items():
+            if type(key) is not str or "." in key or key[:1] == "$" or (type(value) is not int
+                                                                          and type(value) is not bool):
+                return original(self, doc, fields, container, filter)
+            if key != "_id":
+                if value not in (0, 1):
+                    return original(self, doc, fields, container, filter)
+                if mode is None:
+                    mode = bool(value)
+                elif mode != bool(value):
+                    return original(self, doc, fields, container, filter)  # its error for a mixed projection
+        if mode is None:
+            return original(self, doc, fields, container, filter)
+        id_value = fields.pop("_id", 1)
+        if mode:
+            copied = {key: value for key, value in doc.items() if key in fields}
+        else:
+            copied = {key: value for key, value in doc.items() if key not in fields}
+        if id_value == 0:
+            copied.pop("_id", None)
+        elif "_id" in doc:
+            copied["_id"] = doc["_id"]
+        fields["_id"] = id_value
+        return copied
+
+    _copy_only_fields.__ledger_fast__ = True  # type: ignore[attr-defined]
+    _copy_only_fields.original = original  # type: ignore[attr-defined]
+    return _copy_only_fields
 
 
 def _patch_sorted_find_one(collection_class: type) -> None:

@@ -450,3 +450,38 @@ def test_find_one_without_a_sort_equals_mongomocks_first_match(docs, query, proj
             collection.find_one(query, projection=projection)
         return
     assert collection.find_one(query, projection=projection) == expected
+
+
+# ------------------------------------------------------------- the fast path for copies handed to readers
+
+projections = st.one_of(
+    st.none(),
+    st.dictionaries(st.sampled_from(["a", "b", "c", "_id"]), st.sampled_from([0, 1, True, False]), max_size=4),
+    st.dictionaries(st.sampled_from(["a", "b", "_id", "c.d", "$x"]),
+                    st.sampled_from([0, 1, True, False, 2, "$a", {"$slice": 1}]), max_size=3),
+    st.lists(st.sampled_from(["a", "b", "_id"]), max_size=2),
+)
+copy_documents = st.one_of(
+    st.fixed_dictionaries({"_id": st.integers(0, 3)}, optional={"a": values, "b": values, "c": values}),
+    st.fixed_dictionaries({}, optional={"a": st.lists(values, max_size=2), "b": st.just({"d": 1}), "c": values}),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(doc=copy_documents, projection=projections)
+def test_the_fast_copy_for_readers_equals_mongomocks_copy(doc, projection):
+    collection = _fresh_collection([])
+    fast = type(collection)._copy_only_fields
+    assert getattr(fast, "__ledger_fast__", False)
+    outcomes = []
+    for implementation in (fast, fast.original):
+        fields = copy.deepcopy(projection)
+        try:
+            answer = implementation(collection, doc, fields, dict)
+            outcome = ("ok", _shape(answer), list(answer or ()))
+        except Exception as exc:  # noqa: BLE001 - both must refuse alike
+            outcome = ("error", type(exc).__name__)
+        outcomes.append((outcome, repr(fields)))
+    assert outcomes[0] == outcomes[1]
+    if outcomes[0][0][0] == "ok" and outcomes[0][0][1] is not None:  # a copy, never the stored object itself
+        assert fast(collection, doc, copy.deepcopy(projection), dict) is not doc

@@ -454,6 +454,27 @@ def _patch_datetime_awareness() -> None:
     patch.original = original  # type: ignore[attr-defined]
     _helpers.patch_datetime_awareness_in_document = patch
 
+    # And its inverse for a tz_aware client (ours): every datetime handed to a reader gets mongomock-ng's UTC.
+    original_aware = _helpers.make_datetime_timezone_aware_in_document
+    utc = _helpers.utc
+    immutable = plain | {Int64}
+
+    def aware(value: Any) -> Any:
+        kind = type(value)
+        if kind is dict:
+            return {key: item if type(item) in immutable else aware(item) for key, item in value.items()}
+        if kind is list or kind is tuple:
+            return [item if type(item) in immutable else aware(item) for item in value]
+        if kind is datetime.datetime:
+            return value.replace(tzinfo=utc)
+        if kind in immutable:
+            return value
+        return original_aware(value)
+
+    aware.__ledger_fast__ = True  # type: ignore[attr-defined]
+    aware.original = original_aware  # type: ignore[attr-defined]
+    _helpers.make_datetime_timezone_aware_in_document = aware
+
 
 def _patch_sessions(session_class: type) -> None:
     """Hold ENGINE_LOCK for the life of each transaction, journal its writes at commit, and wait for the fsync

@@ -237,7 +237,7 @@ patch_leaves = st.one_of(
               .replace(tzinfo=zone),
               st.integers(min_value=-10**6, max_value=10**6), st.integers(min_value=0, max_value=999_999),
               st.sampled_from(_ZONES)),
-    st.sampled_from([Timestamp(5, 1), Regex("^a", "i"), Decimal128("1.5")]),
+    st.sampled_from([Timestamp(5, 1), Regex("^a", "i"), Decimal128("1.5"), Int64(7)]),
 )
 patch_values = st.recursive(patch_leaves, lambda children: st.one_of(
     st.lists(children, max_size=3),
@@ -260,17 +260,18 @@ def _shape(value):
 
 
 @settings(max_examples=400, deadline=None)
-@given(patch_values)
-def test_the_faster_datetime_patch_answers_exactly_as_mongomock_does(value):
+@given(value=patch_values, name=st.sampled_from(["patch_datetime_awareness_in_document",
+                                                 "make_datetime_timezone_aware_in_document"]))
+def test_the_faster_datetime_patches_answer_exactly_as_mongomock_does(value, name):
     embedded._install()
-    fast = helpers.patch_datetime_awareness_in_document
+    fast = getattr(helpers, name)
     assert getattr(fast, "__ledger_fast__", False)
     answer = _shape(fast(value))
-    helpers.patch_datetime_awareness_in_document = fast.original  # its recursion must reach itself, not us
+    setattr(helpers, name, fast.original)  # its recursion must reach itself, not us
     try:
         expected = _shape(fast.original(value))
     finally:
-        helpers.patch_datetime_awareness_in_document = fast
+        setattr(helpers, name, fast)
     assert answer == expected
 
 

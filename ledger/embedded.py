@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import operator as _operator
 import os
 import threading
 import time
@@ -566,7 +567,7 @@ def _patch_lookups(collection_class: type) -> None:
         candidates = [documents[doc_id] for doc_id in ids]
         if not candidates:
             _filter_applies(filter, {})  # an invalid filter still raises, as it would on a scan
-        return (document for document in candidates if _filter_applies(filter, document))
+        return (document for document in candidates if matches(filter, document))
 
     def _ensure_uniques(self, new_data):
         store = self._store
@@ -829,6 +830,56 @@ def _fast_copies(original: Callable[..., Any]) -> Callable[..., Any]:
     return _copy_only_fields
 
 
+# Scalar classes whose MongoDB equality and order are Python's within the class (ints of either kind compare
+# by value; naive datetimes as stored; no arrays, no mixed types, no bools, no floats with their NaN).
+_COMPARABLE = {str: "string", ObjectId: "objectid", datetime.datetime: "date", int: "number", Int64: "number"}
+_ORDER_OPERATORS = {"$gte": _operator.ge, "$gt": _operator.gt, "$lte": _operator.le, "$lt": _operator.lt}
+
+
+def _class_of(value: Any) -> str | None:
+    kind = _COMPARABLE.get(type(value))
+    if kind == "date" and value.tzinfo is not None:
+        return None
+    return kind
+
+
+def matches(spec: Any, document: dict) -> bool:
+    """mongomock-ng's ``filter_applies(spec, document)``, one condition at a time as it goes (the first that
+    fails decides), with the conditions every lookup here makes answered directly: equality, ``$in`` and
+    ``$gte``/``$gt``/``$lte``/``$lt`` between scalars of one comparable class on a top-level field. Every other
+    condition (operators, dotted paths, arrays, mixed types, ``$expr``...) is put to mongomock-ng on its own.
+    ``tests/test_embedded_engine.py`` compares the two on generated documents and filters."""
+    if type(spec) is not dict:
+        return _filter_applies(spec, document)
+    for key, search in spec.items():
+        if type(key) is str and key[:1] != "$" and "." not in key:
+            wanted = _class_of(search)
+            if wanted is not None:
+                value = document.get(key, NOTHING)
+                if value is not NOTHING and _class_of(value) == wanted:
+                    if value != search:
+                        return False
+                    continue
+            elif type(search) is dict and len(search) == 1:
+                (operator_name, operand), = search.items()
+                value = document.get(key, NOTHING)
+                have = _class_of(value) if value is not NOTHING else None
+                if have is not None:
+                    if operator_name == "$in" and type(operand) is list and operand and all(
+                            _class_of(item) == have for item in operand):
+                        if value not in operand:
+                            return False
+                        continue
+                    compare = _ORDER_OPERATORS.get(operator_name)
+                    if compare is not None and _class_of(operand) == have == "number":
+                        if not compare(value, operand):
+                            return False
+                        continue
+        if not _filter_applies({key: search}, document):
+            return False
+    return True
+
+
 def _patch_sorted_find_one(collection_class: type) -> None:
     """``find_one(filter[, sort=...])`` (the outbox claim; every lookup of a user, a token, a hold) without
     materialising every match through a cursor.
@@ -884,7 +935,7 @@ def _first_match(collection: Any, spec: dict, candidates: Any, projection: Any) 
     checked = False
     for document in candidates:
         checked = True
-        if _filter_applies(spec, document):
+        if matches(spec, document):
             found = collection._copy_only_fields(document, projection, dict, filter=spec)
             if found is None:
                 continue

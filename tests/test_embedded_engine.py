@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mongomock_ng import helpers
 from mongomock_ng.filtering import filter_applies
+from mongomock_ng.helpers import NOTHING
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
@@ -486,3 +487,74 @@ def test_the_fast_copy_for_readers_equals_mongomocks_copy(doc, projection):
     assert outcomes[0] == outcomes[1]
     if outcomes[0][0][0] == "ok" and outcomes[0][0][1] is not None:  # a copy, never the stored object itself
         assert fast(collection, doc, copy.deepcopy(projection), dict) is not doc
+
+
+# ------------------------------------------------------------- filters answered without mongomock-ng's matcher
+
+# A small pool, so a document and a filter often hold equal, close or same-class values.
+match_values = st.sampled_from([1, 2, Int64(2), 2.0, True, False, None, "a", "b", ObjectId("000000000000000000000001"),
+                                _BASE, _BASE.replace(tzinfo=datetime.UTC), [1, 2]])
+match_conditions = st.one_of(
+    match_values,
+    st.lists(match_values, min_size=1, max_size=3).map(lambda items: {"$in": items}),
+    st.tuples(st.sampled_from(["$gte", "$gt", "$lte", "$lt", "$ne", "$exists"]), match_values).map(
+        lambda pair: {pair[0]: pair[1]}),
+    st.just({"$in": []}), st.just({"$in": "not a list"}), st.just({"$bogus": 1}),
+    st.just({"$gte": 1, "$lt": 3}), st.lists(match_values, max_size=2),
+)
+match_filters = st.one_of(
+    st.dictionaries(st.sampled_from(["a", "b", "c", "_id", "a.x"]), match_conditions, max_size=4),
+    st.dictionaries(st.sampled_from(["a", "b"]), match_conditions, max_size=2).map(
+        lambda spec: {**spec, "$expr": {"$gte": [{"$subtract": ["$a", {"$ifNull": ["$b", 0]}]}, 0]}}),
+    st.dictionaries(st.sampled_from(["a", "$or", "$bogus"]), st.just([{"a": 1}, {"b": "a"}]), max_size=2),
+)
+match_documents = st.fixed_dictionaries({"_id": st.sampled_from([ObjectId("000000000000000000000001"), "x", 3])},
+                                        optional={"a": match_values, "b": match_values,
+                                                  "c": st.lists(match_values, max_size=2)})
+
+
+@settings(max_examples=1500, deadline=None)
+@given(spec=match_filters, document=match_documents)
+def test_filters_answered_directly_agree_with_mongomocks_matcher(spec, document):
+    try:
+        expected = ("ok", filter_applies(spec, document))
+    except Exception as exc:  # noqa: BLE001 - an invalid filter must fail alike
+        expected = ("error", type(exc).__name__)
+    try:
+        answer = ("ok", embedded.matches(spec, document))
+    except Exception as exc:  # noqa: BLE001
+        answer = ("error", type(exc).__name__)
+    assert answer == expected
+
+
+_POOL = [1, 2, Int64(2), 2.0, True, False, None, "a", "b", ObjectId("000000000000000000000001"), _BASE,
+         _BASE.replace(tzinfo=datetime.UTC), [1, 2], {"x": 1}]
+
+
+def _every_condition():
+    yield from _POOL
+    for operator_name in ("$gte", "$gt", "$lte", "$lt", "$ne", "$exists", "$eq", "$bogus"):
+        for operand in _POOL:
+            yield {operator_name: operand}
+    for first in _POOL:
+        for second in _POOL:
+            yield {"$in": [first, second]}
+    yield from ({"$in": []}, {"$in": "a"}, {"$gte": 1, "$lt": 3})
+
+
+def test_every_single_condition_is_answered_as_mongomock_answers_it():
+    """Every condition on every kind of stored value (or none): the direct answers and mongomock-ng's agree."""
+    disagreements = []
+    for stored in [*_POOL, NOTHING]:
+        document = {"_id": 1} if stored is NOTHING else {"_id": 1, "a": stored}
+        for condition in _every_condition():
+            spec = {"a": condition}
+            outcomes = []
+            for judge in (filter_applies, embedded.matches):
+                try:
+                    outcomes.append(("ok", judge(spec, document)))
+                except Exception as exc:  # noqa: BLE001 - an invalid condition must fail alike
+                    outcomes.append(("error", type(exc).__name__))
+            if outcomes[0] != outcomes[1]:
+                disagreements.append((stored, condition, outcomes))
+    assert not disagreements

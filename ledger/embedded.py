@@ -675,6 +675,12 @@ def _fast_updates(original: Callable[..., Any]) -> Callable[..., Any]:
                 self._ensure_uniques(changed)
                 store[changed["_id"]] = changed
                 modified += 1
+            elif any(type(value) is not type(existing[name]) or repr(value) != repr(existing[name])
+                     for name, value in changed.items()):
+                # Equal but not the same (-0.0 became 0.0, 1 became 1.0): not a modification, yet mongomock-ng
+                # leaves its in-place result stored, so do the same (remembered for a rollback as it would be).
+                store.before_change(existing)
+                existing.update(changed)
         return {"connectionId": self.database.client._id, "err": None, "n": len(matched),
                 "nModified": modified if matched else 0, "ok": 1, "upserted": None,
                 "updatedExisting": bool(matched)}

@@ -351,7 +351,7 @@ def test_the_fast_update_path_answers_and_stores_exactly_what_mongomock_does(doc
             collection_class._update_documents = fast
         assert [doc["_id"] for doc in collection.find({"a": {"$exists": True}})] == _scan(
             collection, {"a": {"$exists": True}})  # the index followed the change
-    assert outcomes[0] == outcomes[1]
+    assert outcomes[0] == outcomes[1], (docs, query, update, many, in_transaction)
 
 
 # ------------------------------------------------------------- the fast path for inserts
@@ -434,7 +434,7 @@ def test_the_fast_insert_path_accepts_refuses_and_stores_exactly_what_mongomock_
         outcomes.append((result, _typed_documents(collection, generated),
                          [sorted(key for key in doc if key != "_id") for doc in copies],
                          ["_id" in doc for doc in copies]))
-    assert outcomes[0] == outcomes[1]
+    assert outcomes[0] == outcomes[1], (docs, query, update, many, in_transaction)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -484,7 +484,7 @@ def test_the_fast_copy_for_readers_equals_mongomocks_copy(doc, projection):
         except Exception as exc:  # noqa: BLE001 - both must refuse alike
             outcome = ("error", type(exc).__name__)
         outcomes.append((outcome, repr(fields)))
-    assert outcomes[0] == outcomes[1]
+    assert outcomes[0] == outcomes[1], (docs, query, update, many, in_transaction)
     if outcomes[0][0][0] == "ok" and outcomes[0][0][1] is not None:  # a copy, never the stored object itself
         assert fast(collection, doc, copy.deepcopy(projection), dict) is not doc
 

@@ -262,3 +262,17 @@ def test_a_folder_written_with_pickled_records_still_opens(folder):
             handle.write(journal._frame(pickle.dumps(operations, protocol=pickle.HIGHEST_PROTOCOL)))
     client = embedded.create_client(folder)
     assert _collection(client).find_one({"_id": "kept"}) == {"_id": "kept", "n": 1}
+
+
+@pytest.mark.parametrize("threshold, frozen", [(3, True), (1000, False)])
+def test_a_large_loaded_database_is_taken_out_of_the_garbage_collectors_walks(folder, monkeypatch, threshold,
+                                                                             frozen):
+    client = embedded.create_client(folder)
+    _collection(client).insert_many([{"n": n} for n in range(5)])
+    embedded.close_engine(folder)
+    calls = []
+    monkeypatch.setattr(embedded, "FREEZE_AFTER_LOADING", threshold)
+    monkeypatch.setattr(embedded.gc, "freeze", lambda: calls.append("freeze"))
+    client = embedded.create_client(folder)
+    assert _collection(client).count_documents({}) == 5
+    assert calls == (["freeze"] if frozen else [])

@@ -123,16 +123,29 @@ class Index:
         """The index keys of ``document`` (several if a key is an array), None if the index leaves it out."""
         if self.simple:
             # The usual case, answered without the general path's per-value work: every key a top-level field
-            # holding a scalar, which is its own index key (what _hashable returns for it).
+            # holding a scalar (its own index key, what _hashable returns for it) or missing (None's key; a
+            # sparse index leaves the document out).
             get = document.get
-            values = tuple([get(field, NOTHING) for field in self.fields])
-            for value in values:
-                if type(value) not in _SCALAR_KEYS:
-                    break
+            fields = self.fields
+            if len(fields) == 1:
+                value = get(fields[0], NOTHING)
+                if type(value) in _SCALAR_KEYS:
+                    return None if value is None and self.sparse else ((value,),)
+                if value is NOTHING:
+                    return None if self.sparse else ((None,),)
             else:
-                if self.sparse and all(value is None for value in values):
-                    return None
-                return (values,)
+                values = [get(field, NOTHING) for field in fields]
+                for position, value in enumerate(values):
+                    if type(value) not in _SCALAR_KEYS:
+                        if value is not NOTHING:
+                            break
+                        if self.sparse:
+                            return None
+                        values[position] = None
+                else:
+                    if self.sparse and all(value is None for value in values):
+                        return None
+                    return (tuple(values),)
         if self.partial is not None and not filter_applies(self.partial, document):
             return None
         values = []

@@ -264,7 +264,7 @@ def test_a_folder_written_with_pickled_records_still_opens(folder):
     assert _collection(client).find_one({"_id": "kept"}) == {"_id": "kept", "n": 1}
 
 
-@pytest.mark.parametrize("threshold, frozen", [(3, True), (1000, False)])
+@pytest.mark.parametrize(("threshold", "frozen"), [(3, True), (1000, False)])
 def test_a_large_loaded_database_is_taken_out_of_the_garbage_collectors_walks(folder, monkeypatch, threshold,
                                                                              frozen):
     client = embedded.create_client(folder)

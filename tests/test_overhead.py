@@ -302,3 +302,150 @@ def test_a_revoked_or_altered_token_is_refused_after_it_was_used(api: Api) -> No
     assert api.request("GET", "/api/accounts", altered).status_code == 401
     assert api.request("POST", "/api/auth/logout", token).status_code == 200
     assert api.request("GET", "/api/accounts", token).status_code == 401
+
+
+# ------------------------------------------------------------------------ access line, request id, headers
+
+
+_ANY_TEXT = st.text(max_size=40)  # any code point, surrogates and controls included
+
+
+@settings(max_examples=400, deadline=None)
+@given(method=_ANY_TEXT, route=_ANY_TEXT, path=_ANY_TEXT, status=st.integers(100, 599),
+       duration=st.floats(0, 1e6, allow_nan=False, allow_infinity=False), user=st.none() | _ANY_TEXT,
+       request_id=st.none() | _ANY_TEXT, second=st.integers(0, 4_000_000_000), millis=st.integers(0, 999))
+def test_the_access_line_is_what_the_json_encoder_writes_for_the_same_fields(
+        method: str, route: str, path: str, status: int, duration: float, user: str | None,
+        request_id: str | None, second: int, millis: int) -> None:
+    from ledger import observability
+
+    timestamp = observability._timestamp(second + millis / 1000, millis)
+    duration_ms = round(duration, 2)
+    expected = observability._LINE_ENCODER.encode({
+        "time": timestamp, "level": "INFO", "logger": "ledger.access", "message": f"{method} {route} {status}",
+        "requestId": request_id, "method": method, "route": route, "path": path, "status": status,
+        "durationMs": duration_ms, "userId": user})
+    assert observability.access_line(timestamp, method, route, path, status, duration_ms, user,
+                                     request_id) == expected
+
+
+def test_generated_request_ids_are_distinct_version_4_uuids_as_uuid4_hex_writes_them() -> None:
+    import uuid
+
+    from ledger import observability
+
+    ids = [observability.new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(hex=text)
+        assert parsed.hex == text
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+    for position in range(32):  # every digit the version and variant leave free does vary
+        if position != 12:
+            assert len({text[position] for text in ids}) > 1, position
+
+
+_HEADER_NAMES = ("X-Request-ID", "x-content-type-options", "X-Frame-Options", "REFERRER-POLICY",
+                 "Content-Security-Policy", "cross-origin-resource-policy", "Strict-Transport-Security",
+                 "Cache-Control", "Content-Type", "Vary", "X-Other")
+
+
+@settings(max_examples=300, deadline=None)
+@given(existing=st.lists(st.tuples(st.sampled_from(_HEADER_NAMES), st.sampled_from(["a", "b; c=1", ""])),
+                         max_size=8),
+       request_id=st.sampled_from(["req-1", "0" * 32]), secure=st.booleans(), no_store=st.booleans())
+def test_headers_appended_directly_are_those_the_headers_api_would_set(
+        existing: list[tuple[str, str]], request_id: str, secure: bool, no_store: bool) -> None:
+    from werkzeug.datastructures import Headers
+
+    from ledger import observability
+
+    direct, through_api = Headers(existing), Headers(existing)
+    observability._add_headers(direct, request_id, secure, no_store)
+    observability._add_headers_through_api(through_api, request_id, secure, no_store)
+    assert direct.to_wsgi_list() == through_api.to_wsgi_list()
+
+
+def test_every_route_answers_with_the_same_headers_in_the_same_order_as_before(app: Flask) -> None:
+    client = app.test_client()
+    expected_tail = ["X-Request-ID", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy",
+                     "Content-Security-Policy", "Cross-Origin-Resource-Policy"]
+    health = client.get("/health", headers={"X-Request-ID": "same-1"})
+    assert [name for name, _ in health.headers] == ["Content-Type", "Content-Length", *expected_tail]
+    assert health.headers["X-Request-ID"] == "same-1"
+    missing = client.get("/api/nowhere")
+    assert [name for name, _ in missing.headers][-7:] == [*expected_tail, "Cache-Control"]
+    assert missing.headers["Cache-Control"] == "no-store"
+
+
+# ---------------------------------------------------------------------- the application and response classes
+
+
+def test_hooks_and_views_are_asked_about_once_and_still_all_run(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    import flask.app
+
+    asked: list[object] = []
+    real = inspect.iscoroutinefunction
+    monkeypatch.setattr(flask.app, "iscoroutinefunction", lambda func: asked.append(func) or real(func))
+    ran: list[str] = []
+
+    @app.before_request
+    def _before() -> None:
+        ran.append("before")
+
+    @app.after_request
+    def _after(response):  # noqa: ANN001, ANN202
+        ran.append("after")
+        return response
+
+    client = app.test_client()
+    for _ in range(5):
+        assert client.get("/health").status_code == 200
+    assert ran == ["before", "after"] * 5
+    assert asked.count(_before) == 1
+    assert asked.count(_after) == 1
+    assert len(asked) == len(set(map(id, asked)))  # nothing asked twice
+
+
+def test_a_coroutine_function_is_still_handed_to_async_to_sync_every_time(app: Flask,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    async def view() -> str:
+        return "never awaited here"
+
+    def plain() -> str:
+        return "plain"
+
+    wrapped: list[object] = []
+    monkeypatch.setattr(app, "async_to_sync", lambda func: wrapped.append(func) or (lambda: "synced"))
+    assert app.ensure_sync(view)() == "synced"
+    assert app.ensure_sync(view)() == "synced"
+    assert wrapped == [view, view]
+    assert app.ensure_sync(plain) is plain
+    assert app.ensure_sync(plain) is plain
+    unhashable = type("Unhashable", (), {"__call__": lambda self: "called", "__hash__": None})()
+    assert app.ensure_sync(unhashable) is unhashable
+
+
+@settings(max_examples=300, deadline=None)
+@given(status=st.sampled_from([100, 101, 200, 201, 204, 301, 302, 304, 400, 404, 409, 500]),
+       extra=st.lists(st.tuples(st.sampled_from(["Location", "content-location", "Content-Length", "ETag", "Vary",
+                                                 "Content-Type", "Expires", "X-Other"]),
+                                st.sampled_from(["/x/ä", "http://h/p?q=1", "7", "v"])), max_size=5),
+       body=st.sampled_from([b"", b"{}", b"x" * 100]), streamed=st.booleans())
+def test_the_response_hands_the_server_the_headers_werkzeug_would(
+        status: int, extra: list[tuple[str, str]], body: bytes, streamed: bool) -> None:
+    from flask import Response as FlaskResponse
+    from werkzeug.test import EnvironBuilder
+
+    from ledger.app import LedgerResponse
+
+    environ = EnvironBuilder(path="/api/a/b", base_url="http://example.test/").get_environ()
+    answers = []
+    for response_class in (LedgerResponse, FlaskResponse):
+        response = response_class(iter([body]) if streamed else body, status=status)
+        for name, value in extra:
+            response.headers.add(name, value)
+        answers.append(response.get_wsgi_headers(environ).to_wsgi_list())
+    assert answers[0] == answers[1]

@@ -449,3 +449,92 @@ def test_the_response_hands_the_server_the_headers_werkzeug_would(
             response.headers.add(name, value)
         answers.append(response.get_wsgi_headers(environ).to_wsgi_list())
     assert answers[0] == answers[1]
+
+
+# ------------------------------------------------------------------------------ rate limits, checked lean
+
+
+def _limit_scenario(app: Flask, address: str) -> list[tuple]:
+    """Logins (failed and successful), registrations and transfers past their limits, answer by answer: the
+    status, the limit headers (the reset time only as "present") and the error body of refusals."""
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address  # limits per address start from zero for this scenario
+    api = Api(client)
+    seen: list[tuple] = []
+
+    def record(response) -> None:
+        headers = response.headers
+        seen.append((response.status_code, headers.get("X-RateLimit-Limit"), headers.get("X-RateLimit-Remaining"),
+                     "X-RateLimit-Reset" in headers, "Retry-After" in headers,
+                     response.get_json() if response.status_code == 429 else None))
+
+    _, token = api.user()
+    source, target = api.funded_account(token, 1000), api.open_account(api.user()[1])
+    for _ in range(4):
+        record(api.request("POST", "/api/transactions", token,
+                           json={"fromAccount": source, "toAccount": target, "amount": 1,
+                                 "idempotencyKey": unique_email()}))
+    email = unique_email()
+    for attempt in range(5):
+        record(api.request("POST", "/api/auth/register",
+                           json={"email": email if attempt < 2 else unique_email(), "password": "right-password",
+                                 "name": "Limit Tester"}))
+    for attempt in range(7):
+        record(api.request("POST", "/api/auth/login",
+                           json={"email": email, "password": "right-password" if attempt % 3 == 1 else "wrong"}))
+    return seen
+
+
+def test_limits_checked_lean_answer_exactly_as_flask_limiter_checks_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="3 per minute", RATELIMIT_REGISTER="2 per minute",
+                   RATELIMIT_LOGIN_PER_ADDRESS="6 per minute", RATELIMIT_REGISTER_PER_ADDRESS="4 per minute",
+                   RATELIMIT_TRANSFER="2 per minute")
+    try:
+        lean_checks: list[str] = []
+        real_check = ratelimit._check_view_limits
+        monkeypatch.setattr(ratelimit, "_check_view_limits",
+                            lambda name: lean_checks.append(name) or real_check(name))
+        lean = _limit_scenario(app, "192.0.2.31")
+        assert set(lean_checks) == {"ledger.api.auth.register.register", "ledger.api.auth.login.login",
+                                    "ledger.api.transactions.create_transaction.create_transaction"}
+
+        monkeypatch.setattr(ratelimit, "_check_view_limits", lambda _name: False)  # flask-limiter's own wrapper
+        by_flask_limiter = _limit_scenario(app, "192.0.2.32")
+    finally:
+        drop_database(app)
+
+    assert lean == by_flask_limiter
+    statuses = [answer[0] for answer in lean]
+    for part in (statuses[:4], statuses[4:9], statuses[9:]):  # every limit was reached
+        assert 429 in part
+
+
+def test_limits_are_resolved_once_per_configured_limit_string(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_TRANSFER="50 per minute")
+    try:
+        resolved: list[str] = []
+        real = ratelimit.limiter.limit_manager.decorated_limits
+        monkeypatch.setattr(ratelimit.limiter.limit_manager, "decorated_limits",
+                            lambda name: resolved.append(name) or real(name))
+        monkeypatch.setattr(ratelimit, "_RESOLVED", {})
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = "192.0.2.33"
+        api = Api(client)
+        _, token = api.user()
+        source, target = api.funded_account(token, 1000), api.open_account(api.user()[1])
+
+        def transfer() -> object:
+            return api.request("POST", "/api/transactions", token, json={
+                "fromAccount": source, "toAccount": target, "amount": 1, "idempotencyKey": unique_email()})
+
+        first = [transfer() for _ in range(3)]
+        app.config["RATELIMIT_TRANSFER"] = "1 per minute"  # a new limit string is resolved again, and applies
+        second = [transfer() for _ in range(2)]
+    finally:
+        drop_database(app)
+
+    assert [r.status_code for r in first] == [200, 200, 200]
+    assert [r.headers["X-RateLimit-Limit"] for r in first] == ["50"] * 3
+    assert [r.headers["X-RateLimit-Remaining"] for r in first] == ["49", "48", "47"]
+    assert resolved.count("ledger.api.transactions.create_transaction.create_transaction") == 2
+    assert [r.status_code for r in second] == [200, 429]  # the new limit counts on its own

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import random
 import re
 import sys
 import time
@@ -91,12 +91,18 @@ access_log = logging.getLogger("ledger.access")
 
 
 def new_request_id() -> str:
-    """A random version-4 UUID as 32 hex digits, as ``uuid.uuid4().hex`` writes it, without building a UUID."""
-    number = int.from_bytes(os.urandom(16), "big")
+    """A random version-4 UUID as 32 hex digits, as ``uuid.uuid4().hex`` writes it, without building a UUID.
+
+    A request id names a request in logs; it guards nothing (a client may choose its own), so its 122 random
+    bits come from ``random`` (seeded from the OS, reseeded in every forked worker) rather than a system call
+    to the OS's generator per request.
+    """
+    number = _random_bits(128)
     number = (number & _UUID4_CLEAR) | _UUID4_SET  # RFC 4122 variant, version 4: the bits uuid.UUID sets
     return f"{number:032x}"
 
 
+_random_bits = random.getrandbits
 _UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
 _UUID4_SET = (0x8000 << 48) | (4 << 76)
 
@@ -119,10 +125,13 @@ def init_app(app: Flask) -> None:
         # Runs on every request: plain attribute and dict work, no per-request formatting machinery.
         req = _cv_request.get().request
         state = _cv_app.get().g
-        request_id = getattr(state, "request_id", None) or new_request_id()
+        # ``g`` keeps its attributes in its __dict__; reading that directly spares the AttributeError that
+        # getattr(g, name, default) raises and catches for every attribute this request did not set.
+        values = state.__dict__
+        request_id = values.get("request_id") or new_request_id()
         secure = config.get("COOKIE_SECURE") or config.get("ENV_NAME") == "production"
         path = req.path
-        no_store = path.startswith("/api") and not getattr(state, "cacheable_response", False)  # /api/docs
+        no_store = path.startswith("/api") and not values.get("cacheable_response", False)  # /api/docs
         headers = response.headers
         if type(headers) is Headers:
             _add_headers(headers, request_id, secure, no_store)
@@ -130,7 +139,7 @@ def init_app(app: Flask) -> None:
             _add_headers_through_api(headers, request_id, secure, no_store)
         if config.get("CORS_ORIGINS"):
             _apply_cors(response, config["CORS_ORIGINS"])
-        started = getattr(state, "started", None)
+        started = values.get("started")
         duration = time.perf_counter() - started if started is not None else 0.0
         rule = req.url_rule
         route = rule.rule if rule is not None else "<unmatched>"
@@ -138,8 +147,8 @@ def init_app(app: Flask) -> None:
         status = response.status_code
         metrics.observe_request(method, route, status, duration)
         if access_log.isEnabledFor(logging.INFO):
-            _log_access(method, route, path, status, round(duration * 1000, 2), _user_id(state),
-                        getattr(state, "request_id", None))
+            _log_access(method, route, path, status, round(duration * 1000, 2), _user_id(values),
+                        values.get("request_id"))
         return response
 
 
@@ -272,7 +281,7 @@ def _apply_cors(response: Response, allowed_origins: list[str]) -> None:
         response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
 
 
-def _user_id(state: Any) -> str | None:
-    user = getattr(state, "_jwt_extended_jwt_user", None)
+def _user_id(values: dict[str, Any]) -> str | None:
+    user = values.get("_jwt_extended_jwt_user")
     loaded = user.get("loaded_user") if isinstance(user, dict) else None
     return str(loaded["_id"]) if loaded else None

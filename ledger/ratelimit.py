@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, current_app, request
-from flask.globals import request_ctx
+from flask.globals import _cv_request
 from flask_jwt_extended import get_jwt_identity
 from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
 from flask_limiter.util import get_qualified_name, get_remote_address
@@ -306,7 +306,9 @@ def _only_where_limits_apply(app: Flask) -> None:
 
 def _where_limited(hook: Callable[..., Any], otherwise: Callable[..., Any]) -> Callable[..., Any]:
     def only_where_limited(arg: Any = None) -> Any:
-        if hasattr(request_ctx, _LIMITER_CONTEXT):
+        # The request context's own attributes, without the AttributeError a hasattr() through the
+        # ``request_ctx`` proxy raises on every request that checked no limit.
+        if _LIMITER_CONTEXT in _cv_request.get().__dict__:
             return hook(arg)
         return otherwise(arg)
 

@@ -538,3 +538,26 @@ def test_limits_are_resolved_once_per_configured_limit_string(monkeypatch: pytes
     assert [r.headers["X-RateLimit-Remaining"] for r in first] == ["49", "48", "47"]
     assert resolved.count("ledger.api.transactions.create_transaction.create_transaction") == 2
     assert [r.status_code for r in second] == [200, 429]  # the new limit counts on its own
+
+
+def test_services_are_handed_the_callers_document_itself_not_a_proxy(app: Flask, api: Api,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from flask_jwt_extended import current_user
+
+    from ledger.services import transfers
+
+    handed: list[tuple[object, object]] = []
+    real_transfer = transfers.transfer
+
+    def spy(initiator, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        handed.append((initiator, current_user._get_current_object()))
+        return real_transfer(initiator, *args, **kwargs)
+
+    monkeypatch.setattr(transfers, "transfer", spy)
+    user_id, token = api.user()
+    source, target = api.funded_account(token, 100), api.open_account(api.user()[1])
+    assert api.transfer(token, source, target, 1).status_code == 200
+    ((initiator, loaded),) = handed
+    assert type(initiator) is dict
+    assert initiator is loaded
+    assert str(initiator["_id"]) == user_id

@@ -211,8 +211,9 @@ def _log_access(method: str, route: str, path: str, status: int, duration_ms: fl
                        user_id, request_id)
     handler.acquire()
     try:
-        handler.stream.write(line + handler.terminator)
-        handler.flush()
+        stream = handler.stream  # what StreamHandler.emit and flush() do, under the lock already held
+        stream.write(line + handler.terminator)
+        stream.flush()
     except Exception:  # noqa: BLE001 - as StreamHandler.emit: report through logging's own error hook
         handler.handleError(_access_record(method, route, path, status, duration_ms, user_id))
     finally:

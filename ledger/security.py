@@ -32,6 +32,7 @@ from typing import Any
 
 import bcrypt
 from flask import Flask, current_app, request
+from flask.globals import _cv_request
 from flask_jwt_extended import JWTManager, get_current_user
 
 from ledger.errors import TokenBlacklisted, TokenInvalid, TokenMissing, error_response
@@ -215,7 +216,7 @@ def init_app(app: Flask) -> None:
     def _normalize_authorization() -> None:
         # flask-jwt-extended sees only what parse_authorization read: "Bearer <jwt>" (any scheme case, as Node
         # clients sent it), a value its parser refuses, or no header at all (then it reads the cookie).
-        environ = request.environ
+        environ = _cv_request.get().request.environ  # the request itself, not through the proxy
         if "HTTP_AUTHORIZATION" not in environ:
             return
         kind, token = parse_authorization(environ["HTTP_AUTHORIZATION"])

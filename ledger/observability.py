@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import sys
@@ -94,15 +95,19 @@ def new_request_id() -> str:
     """A random version-4 UUID as 32 hex digits, as ``uuid.uuid4().hex`` writes it, without building a UUID.
 
     A request id names a request in logs; it guards nothing (a client may choose its own), so its 122 random
-    bits come from ``random`` (seeded from the OS, reseeded in every forked worker) rather than a system call
-    to the OS's generator per request.
+    bits come from a ``random.Random`` of its own (seeded from the OS, reseeded in every forked worker) rather
+    than a system call to the OS's generator per request.
     """
     number = _random_bits(128)
     number = (number & _UUID4_CLEAR) | _UUID4_SET  # RFC 4122 variant, version 4: the bits uuid.UUID sets
     return f"{number:032x}"
 
 
-_random_bits = random.getrandbits
+# A generator of its own (the global one belongs to the application and its tests): seeded from the OS, and
+# reseeded in every forked child so that workers forked from one parent never share a sequence.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+_random_bits = _ids.getrandbits
 _UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
 _UUID4_SET = (0x8000 << 48) | (4 << 76)
 

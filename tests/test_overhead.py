@@ -561,3 +561,24 @@ def test_services_are_handed_the_callers_document_itself_not_a_proxy(app: Flask,
     assert type(initiator) is dict
     assert initiator is loaded
     assert str(initiator["_id"]) == user_id
+
+
+def test_a_forked_worker_generates_request_ids_of_its_own() -> None:
+    import os
+
+    from ledger import observability
+
+    observability.new_request_id()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then leave without running anything else of the test process
+        os.close(read_end)
+        os.write(write_end, "".join(observability.new_request_id() for _ in range(4)).encode())
+        os._exit(0)
+    os.close(write_end)
+    parents = "".join(observability.new_request_id() for _ in range(4))
+    with os.fdopen(read_end, "rb") as pipe:
+        childs = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert len(childs) == len(parents) == 128
+    assert {childs[i:i + 32] for i in range(0, 128, 32)}.isdisjoint({parents[i:i + 32] for i in range(0, 128, 32)})

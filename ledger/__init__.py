@@ -16,8 +16,9 @@ def create_app(test_config: dict[str, Any] | None = None, config_name: str | Non
     overrides individual keys afterwards.
     """
     from config import load_config
+    from ledger.app import LedgerFlask
 
-    app = Flask(__name__, static_folder=None)  # an API: no static files, so no undocumented /static route
+    app = LedgerFlask(__name__, static_folder=None)  # an API: no static files, so no undocumented /static route
     app.url_map.strict_slashes = False  # as Express routes: /api/accounts/ is /api/accounts
     app.config.from_object(load_config(config_name or ("testing" if test_config is not None else None)))
     if test_config:

@@ -133,7 +133,7 @@ def _uri_database(uri: str) -> str | None:
 
 
 def get_db(app: Flask | None = None) -> Database:
-    app = app or current_app
+    app = app or current_app._get_current_object()  # the app itself: the two calls below read its config
     return get_client(app)[database_name(app)]
 
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import random
 import re
 import sys
 import time
-import uuid
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
+from flask.globals import _cv_app, _cv_request
+from werkzeug.datastructures import Headers
 
 from ledger import metrics
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")  # match() anchors the start; \Z is the very end
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -88,11 +91,33 @@ def configure_logging(app: Flask) -> None:
 access_log = logging.getLogger("ledger.access")
 
 
+def new_request_id() -> str:
+    """A random version-4 UUID as 32 hex digits, as ``uuid.uuid4().hex`` writes it, without building a UUID.
+
+    A request id names a request in logs; it guards nothing (a client may choose its own), so its 122 random
+    bits come from a ``random.Random`` of its own (seeded from the OS, reseeded in every forked worker) rather
+    than a system call to the OS's generator per request.
+    """
+    number = _random_bits(128)
+    number = (number & _UUID4_CLEAR) | _UUID4_SET  # RFC 4122 variant, version 4: the bits uuid.UUID sets
+    return f"{number:032x}"
+
+
+# A generator of its own (the global one belongs to the application and its tests): seeded from the OS, and
+# reseeded in every forked child so that workers forked from one parent never share a sequence.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+_random_bits = _ids.getrandbits
+_UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID4_SET = (0x8000 << 48) | (4 << 76)
+
+
 def init_app(app: Flask) -> None:
     def _start() -> None:
-        incoming = request.environ.get("HTTP_X_REQUEST_ID", "")  # the X-Request-ID header, as WSGI passes it
-        state = g._get_current_object()  # type: ignore[attr-defined]
-        state.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        # The request and ``g`` from their context variables: what the ``request``/``g`` proxies look up.
+        incoming = _cv_request.get().request.environ.get("HTTP_X_REQUEST_ID", "")  # the X-Request-ID header
+        state = _cv_app.get().g
+        state.request_id = incoming if _REQUEST_ID.match(incoming) else new_request_id()
         state.started = time.perf_counter()
 
     # First of all before-request hooks (extensions registered theirs earlier), so every log line of the
@@ -103,24 +128,23 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _finish(response: Response) -> Response:
         # Runs on every request: plain attribute and dict work, no per-request formatting machinery.
-        req = request._get_current_object()  # type: ignore[attr-defined]
-        state = g._get_current_object()  # type: ignore[attr-defined]
-        request_id = getattr(state, "request_id", None) or uuid.uuid4().hex
-        headers = response.headers
-        headers["X-Request-ID"] = request_id
-        present = {name.lower() for name, _value in headers}  # a Headers object iterates (name, value)
-        for name, lowered, value in _SECURITY_HEADERS:
-            if lowered not in present:
-                headers.add(name, value)
+        req = _cv_request.get().request
+        state = _cv_app.get().g
+        # ``g`` keeps its attributes in its __dict__; reading that directly spares the AttributeError that
+        # getattr(g, name, default) raises and catches for every attribute this request did not set.
+        values = state.__dict__
+        request_id = values.get("request_id") or new_request_id()
         secure = config.get("COOKIE_SECURE") or config.get("ENV_NAME") == "production"
-        if secure and "strict-transport-security" not in present:
-            headers.add("Strict-Transport-Security", HSTS)
+        path = req.path
+        no_store = path.startswith("/api") and not values.get("cacheable_response", False)  # /api/docs
+        headers = response.headers
+        if type(headers) is Headers:
+            _add_headers(headers, request_id, secure, no_store)
+        else:  # pragma: no cover - werkzeug's responses always hold a Headers; anything else gets its own API
+            _add_headers_through_api(headers, request_id, secure, no_store)
         if config.get("CORS_ORIGINS"):
             _apply_cors(response, config["CORS_ORIGINS"])
-        path = req.path
-        if path.startswith("/api") and not getattr(state, "cacheable_response", False):  # /api/docs assets are
-            headers["Cache-Control"] = "no-store"
-        started = getattr(state, "started", None)
+        started = values.get("started")
         duration = time.perf_counter() - started if started is not None else 0.0
         rule = req.url_rule
         route = rule.rule if rule is not None else "<unmatched>"
@@ -128,12 +152,50 @@ def init_app(app: Flask) -> None:
         status = response.status_code
         metrics.observe_request(method, route, status, duration)
         if access_log.isEnabledFor(logging.INFO):
-            _log_access(method, route, path, status, round(duration * 1000, 2), _user_id(state),
-                        getattr(state, "request_id", None))
+            _log_access(method, route, path, status, round(duration * 1000, 2), _user_id(values),
+                        values.get("request_id"))
         return response
 
 
-_SECURITY_HEADERS = tuple((name, name.lower(), value) for name, value in SECURITY_HEADERS.items())
+def _add_headers(headers: Headers, request_id: str, secure: bool, no_store: bool) -> None:
+    """X-Request-ID, the security headers (those the view did not set), HSTS when ``secure``, and
+    ``Cache-Control: no-store`` when ``no_store``: what ``headers[...] = ``/``headers.add`` would do, appended
+    to the header list directly. Every value appended is one of ours, free of line breaks (the request id is
+    either checked by ``_REQUEST_ID`` or generated), so werkzeug's check of each value is not repeated here."""
+    entries = headers._list
+    present = {name.lower() for name, _value in entries}
+    if "x-request-id" in present:
+        headers["X-Request-ID"] = request_id
+    else:
+        entries.append(("X-Request-ID", request_id))
+    if present.isdisjoint(_SECURITY_NAMES):
+        entries.extend(_SECURITY_ENTRIES)
+    else:
+        entries.extend(entry for entry, lowered in zip(_SECURITY_ENTRIES, _SECURITY_NAMES, strict=True)
+                       if lowered not in present)
+    if secure and "strict-transport-security" not in present:
+        entries.append(("Strict-Transport-Security", HSTS))
+    if no_store:
+        if "cache-control" in present:
+            headers["Cache-Control"] = "no-store"
+        else:
+            entries.append(("Cache-Control", "no-store"))
+
+
+def _add_headers_through_api(headers: Any, request_id: str, secure: bool, no_store: bool) -> None:
+    headers["X-Request-ID"] = request_id
+    present = {name.lower() for name, _value in headers}
+    for (name, value), lowered in zip(_SECURITY_ENTRIES, _SECURITY_NAMES, strict=True):
+        if lowered not in present:
+            headers.add(name, value)
+    if secure and "strict-transport-security" not in present:
+        headers.add("Strict-Transport-Security", HSTS)
+    if no_store:
+        headers["Cache-Control"] = "no-store"
+
+
+_SECURITY_ENTRIES = tuple(SECURITY_HEADERS.items())
+_SECURITY_NAMES = tuple(name.lower() for name in SECURITY_HEADERS)
 
 
 def _log_access(method: str, route: str, path: str, status: int, duration_ms: float, user_id: str | None,
@@ -145,28 +207,50 @@ def _log_access(method: str, route: str, path: str, status: int, duration_ms: fl
     write the record, without building one. Any other handler, filter or logger setting (tests, an operator's
     logging configuration) gets the record itself, through ``logging`` as usual.
     """
-    fields = {"method": method, "route": route, "path": path, "status": status, "durationMs": duration_ms,
-              "userId": user_id}
     handler = _sole_ledger_handler()
     if handler is None:
-        # The record logger.info() would make, without its search of the call stack for the caller.
-        access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, "%s %s %s",
-                                                (method, route, status), None, "_finish", fields))
+        access_log.handle(_access_record(method, route, path, status, duration_ms, user_id))
         return
     now = time.time()
-    line = _LINE_ENCODER.encode({
-        "time": _timestamp(now, (now - int(now)) * 1000), "level": "INFO", "logger": access_log.name,
-        "message": f"{method} {route} {status}", "requestId": request_id, **fields,
-    })
+    line = access_line(_timestamp(now, (now - int(now)) * 1000), method, route, path, status, duration_ms,
+                       user_id, request_id)
     handler.acquire()
     try:
-        handler.stream.write(line + handler.terminator)
-        handler.flush()
+        stream = handler.stream  # what StreamHandler.emit and flush() do, under the lock already held
+        stream.write(line + handler.terminator)
+        stream.flush()
     except Exception:  # noqa: BLE001 - as StreamHandler.emit: report through logging's own error hook
-        handler.handleError(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, "%s %s %s",
-                                                  (method, route, status), None, "_finish", fields))
+        handler.handleError(_access_record(method, route, path, status, duration_ms, user_id))
     finally:
         handler.release()
+
+
+def _access_record(method: str, route: str, path: str, status: int, duration_ms: float,
+                   user_id: str | None) -> logging.LogRecord:
+    """The record ``access_log.info()`` would make, without its search of the call stack for the caller."""
+    fields = {"method": method, "route": route, "path": path, "status": status, "durationMs": duration_ms,
+              "userId": user_id}
+    return access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, "%s %s %s", (method, route, status),
+                                 None, "_finish", fields)
+
+
+def access_line(timestamp: str, method: str, route: str, path: str, status: int, duration_ms: float,
+                user_id: str | None, request_id: str | None) -> str:
+    """The access line's JSON, character for character what ``JsonFormatter`` writes for the access record
+    (same keys in the same order, ``json``'s default separators and ASCII escaping), written with the JSON
+    string encoder directly rather than through a dict and the general encoder."""
+    return (f'{{"time": {_quote(timestamp)}, "level": "INFO", "logger": "ledger.access", '
+            f'"message": {_quote(f"{method} {route} {status}")}, "requestId": {_text_or_null(request_id)}, '
+            f'"method": {_quote(method)}, "route": {_quote(route)}, "path": {_quote(path)}, '
+            f'"status": {int.__repr__(status)}, "durationMs": {float.__repr__(duration_ms)}, '
+            f'"userId": {_text_or_null(user_id)}}}')
+
+
+_quote = json.encoder.encode_basestring_ascii  # what the encoder writes for a str with ensure_ascii
+
+
+def _text_or_null(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
 
 
 def _sole_ledger_handler() -> logging.StreamHandler | None:
@@ -203,7 +287,7 @@ def _apply_cors(response: Response, allowed_origins: list[str]) -> None:
         response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
 
 
-def _user_id(state: Any) -> str | None:
-    user = getattr(state, "_jwt_extended_jwt_user", None)
+def _user_id(values: dict[str, Any]) -> str | None:
+    user = values.get("_jwt_extended_jwt_user")
     loaded = user.get("loaded_user") if isinstance(user, dict) else None
     return str(loaded["_id"]) if loaded else None

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, current_app, request
-from flask.globals import request_ctx
+from flask.globals import _cv_request
 from flask_jwt_extended import get_jwt_identity
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
+from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
+from flask_limiter.util import get_qualified_name, get_remote_address
 from limits.storage import MemoryStorage
 
 # Bodies of login and register are tiny; a key function never parses more than this (the view refuses
@@ -85,19 +85,143 @@ def _limits_switched_off() -> bool:
 
 limiter.request_filter(_limits_switched_off)
 
+class _ViewLimit:
+    """A flask-limiter limit on a view (``limiter.limit(...)``), checked without re-resolving it per request.
+
+    flask-limiter, on every request to a limited view, re-reads and re-parses the limit strings, resolves
+    default, blueprint and hinted limits, works out exemptions (three lookups), and only then counts the hit.
+    For this service's limits (decorators on views; no application, default, blueprint, meta or fallback
+    limits; no exemptions, breach callbacks or other request filters) the answer is the view's decorated
+    limits, the same on every request until the configured limit string changes: :func:`_check_view_limits`
+    takes them from a cache keyed by those strings and then counts exactly as flask-limiter does (same
+    storage keys, ``hit``/``test`` with the same cost, the same request state for its after-request hook, which
+    still writes the ``X-RateLimit-*`` headers and the failed-login deductions, and the same breach). Whenever
+    any of those conditions does not hold, flask-limiter's own wrapper checks the request as before.
+    """
+
+    def __init__(self, config_name: str, key_func: Callable[[], str], scope: str,
+                 deduct_when: Callable[[Response], bool] | None = None) -> None:
+        self.config_name = config_name
+        self.flask_limit = limiter.limit(_configured(config_name), key_func=key_func, scope=scope,
+                                         deduct_when=deduct_when)
+
+    def __call__(self, view: Callable[..., Any]) -> Callable[..., Any]:
+        name = get_qualified_name(view)
+        _VIEW_LIMIT_CONFIG.setdefault(name, []).append(self.config_name)
+        checked_by_flask_limiter = self.flask_limit(view)  # registers the limit under the view's name
+        if getattr(view, _WRAPPER_MARK, None) is limiter:
+            # Stacked: the wrapper below this one checks every limit of the view (as flask-limiter's do).
+            return checked_by_flask_limiter
+
+        @functools.wraps(view)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            if not _check_view_limits(name):
+                return checked_by_flask_limiter(*args, **kwargs)
+            return current_app.ensure_sync(view)(*args, **kwargs)
+
+        setattr(checked, _WRAPPER_MARK, limiter)
+        return checked
+
+
+_WRAPPER_MARK = "__wrapper-limiter-instance"  # flask-limiter's mark of a view it already checks
+_VIEW_LIMIT_CONFIG: dict[str, list[str]] = {}  # view name -> the config keys of its limits
+_RESOLVED: dict[tuple[str, tuple[str, ...]], list[Any]] = {}  # (view name, limit strings) -> sorted limits
+
+
+def _flask_limiter_would_only_check_decorated_limits(name: str, endpoint: str | None) -> bool:
+    manager = limiter.limit_manager
+    return bool(
+        endpoint and limiter.enabled and limiter.initialized and not limiter._storage_dead
+        and limiter._request_filters == [_limits_switched_off] and not _limits_switched_off()
+        and not (_limits_outside_views() or manager._blueprint_limits or manager._route_exemptions
+                 or manager._blueprint_exemptions or manager.has_hints(endpoint) or limiter._on_breach)
+    )
+
+
+def _check_view_limits(name: str) -> bool:
+    """Count this request against the view's limits as flask-limiter would, raising its ``RateLimitExceeded``
+    on a breach; False (nothing counted) when flask-limiter's own wrapper must check the request instead."""
+    endpoint = limiter.identify_request()
+    if not _flask_limiter_would_only_check_decorated_limits(name, endpoint):
+        return False
+    config = current_app.config
+    strings = tuple(str(config[key]) for key in _VIEW_LIMIT_CONFIG[name])
+    limits = _RESOLVED.get((name, strings))
+    if limits is None:
+        limits = sorted(limiter.limit_manager.decorated_limits(name), key=lambda runtime: runtime.limit)
+        if any(runtime.on_breach or runtime.meta_limits for runtime in limits):
+            return False
+        if len(_RESOLVED) < 256:
+            _RESOLVED[(name, strings)] = limits
+    try:
+        _count(endpoint, limits)
+    except RateLimitExceeded:
+        raise
+    except Exception:  # the storage failed: flask-limiter's own handling (in-memory fallback, swallow or raise)
+        if limiter._in_memory_fallback_enabled and not limiter._storage_dead:
+            limiter.logger.warning("Rate limit storage unreachable - falling back to in-memory storage")
+            limiter._storage_dead = True
+            limiter.context.seen_limits.clear()
+            limiter._check_request_limit(callable_name=name, in_middleware=False)
+        elif limiter._swallow_errors:
+            limiter.logger.exception("Failed to rate limit. Swallowing error")
+        else:
+            raise
+    return True
+
+
+def _count(endpoint: str, limits: list[Any]) -> None:
+    """flask-limiter's evaluation of a view's limits (without meta limits or breach callbacks)."""
+    context = limiter.context
+    strategy = limiter.limiter
+    method = request.method
+    prefix = limiter._key_prefix
+    view_limits: list[RequestLimit] = []
+    failed: list[Any] = []
+    header_limit: RequestLimit | None = None
+    for runtime in limits:
+        if runtime.is_exempt or runtime.method_exempt:
+            continue
+        scope = runtime.scope_for(endpoint, method)
+        key = runtime.key_func()
+        args = [key, scope]
+        if not all(args):
+            limiter.logger.error(f"Skipping limit: {runtime.limit}. Empty value found in parameters.")
+            continue
+        if prefix:
+            args = [prefix, *args]
+        if runtime.deduct_when:
+            context.conditional_deductions[runtime] = args
+            counted = strategy.test
+        else:
+            counted = strategy.hit
+        request_limit = RequestLimit(limiter, runtime.limit, args, False, runtime.shared)
+        view_limits.append(request_limit)
+        if not counted(runtime.limit, *args, cost=runtime.deduction_amount):
+            limiter.logger.info("ratelimit %s (%s) exceeded at endpoint: %s", runtime.limit, key, scope)
+            failed.append(runtime)
+            request_limit.breached = True
+            header_limit = request_limit
+            if limiter._fail_on_first_breach:
+                break
+    if header_limit is None and view_limits:
+        explicit = [limit for limit in view_limits if not limit.shared]
+        header_limit = explicit[0] if explicit else view_limits[0]
+    context.view_rate_limit = header_limit
+    context.view_rate_limits = view_limits
+    if failed:
+        raise RateLimitExceeded(sorted(failed, key=lambda runtime: runtime.limit)[0], response=None)
+
+
 #: Decorators for the views. Put them *below* ``@jwt_required()`` so the user key is a verified identity.
-login_per_address = limiter.limit(_configured("RATELIMIT_LOGIN_PER_ADDRESS"), key_func=client_address,
-                                  scope="login-addr")
+login_per_address = _ViewLimit("RATELIMIT_LOGIN_PER_ADDRESS", key_func=client_address, scope="login-addr")
 # Per email only failed logins count: a lockout is for guessing, not for a user (or a client suite) that logs in
 # often with the right password.
-login_per_email = limiter.limit(_configured("RATELIMIT_LOGIN"), key_func=email_or_address, scope="login-email",
-                                deduct_when=lambda response: response.status_code == 401)
-register_per_address = limiter.limit(_configured("RATELIMIT_REGISTER_PER_ADDRESS"), key_func=client_address,
-                                     scope="register-addr")
-register_per_email = limiter.limit(_configured("RATELIMIT_REGISTER"), key_func=email_or_address,
-                                   scope="register-email")
-transfer_per_user = limiter.limit(_configured("RATELIMIT_TRANSFER"), key_func=user_or_address,
-                                  scope="transfer-user")
+login_per_email = _ViewLimit("RATELIMIT_LOGIN", key_func=email_or_address, scope="login-email",
+                             deduct_when=lambda response: response.status_code == 401)
+register_per_address = _ViewLimit("RATELIMIT_REGISTER_PER_ADDRESS", key_func=client_address, scope="register-addr")
+register_per_email = _ViewLimit("RATELIMIT_REGISTER", key_func=email_or_address, scope="register-email")
+transfer_per_user = _ViewLimit("RATELIMIT_TRANSFER", key_func=user_or_address, scope="transfer-user")
 
 
 def init_app(app: Flask) -> None:
@@ -182,7 +306,9 @@ def _only_where_limits_apply(app: Flask) -> None:
 
 def _where_limited(hook: Callable[..., Any], otherwise: Callable[..., Any]) -> Callable[..., Any]:
     def only_where_limited(arg: Any = None) -> Any:
-        if hasattr(request_ctx, _LIMITER_CONTEXT):
+        # The request context's own attributes, without the AttributeError a hasattr() through the
+        # ``request_ctx`` proxy raises on every request that checked no limit.
+        if _LIMITER_CONTEXT in _cv_request.get().__dict__:
             return hook(arg)
         return otherwise(arg)
 

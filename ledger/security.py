@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from typing import Any
 
 import bcrypt
 from flask import Flask, current_app, request
-from flask_jwt_extended import JWTManager
+from flask.globals import _cv_request
+from flask_jwt_extended import JWTManager, get_current_user
 
 from ledger.errors import TokenBlacklisted, TokenInvalid, TokenMissing, error_response
 
@@ -107,6 +109,11 @@ def canonical_token(encoded: str) -> str | None:
     return ".".join(_encode_segment(raw) for raw in decoded if raw is not None)
 
 
+# Pure functions of the token string, asked about the same few tokens on every authenticated request.
+_TOKENS_REMEMBERED = 4096
+
+
+@functools.lru_cache(maxsize=_TOKENS_REMEMBERED)
 def is_canonical_token(encoded: str) -> bool:
     """True when ``encoded`` is three non-empty base64url segments, each exactly as re-encoding writes it."""
     segments = encoded.split(".")
@@ -115,6 +122,7 @@ def is_canonical_token(encoded: str) -> bool:
     return canonical_token(encoded) == encoded
 
 
+@functools.lru_cache(maxsize=_TOKENS_REMEMBERED)
 def token_hash(encoded: str) -> str:
     """The blocklist key: SHA-256 of the token's canonical serialisation (never the token itself).
 
@@ -208,7 +216,7 @@ def init_app(app: Flask) -> None:
     def _normalize_authorization() -> None:
         # flask-jwt-extended sees only what parse_authorization read: "Bearer <jwt>" (any scheme case, as Node
         # clients sent it), a value its parser refuses, or no header at all (then it reads the cookie).
-        environ = request.environ
+        environ = _cv_request.get().request.environ  # the request itself, not through the proxy
         if "HTTP_AUTHORIZATION" not in environ:
             return
         kind, token = parse_authorization(environ["HTTP_AUTHORIZATION"])
@@ -259,3 +267,12 @@ def init_app(app: Flask) -> None:
     def _has_expiry(_header: dict, payload: dict) -> bool:
         # A token without exp would never expire: refuse it (the Node service always set exp).
         return isinstance(payload.get("exp"), int | float) and isinstance(payload.get("iat"), int | float)
+
+
+def caller() -> Any:
+    """The authenticated user's document, for views under ``@jwt_required()``.
+
+    flask-jwt-extended's ``current_user`` is a proxy that looks the user up again on every item read; the
+    services read the caller's fields many times per request, so views hand them the document itself.
+    """
+    return get_current_user()

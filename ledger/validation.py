@@ -97,12 +97,15 @@ def maybe_object_id(value: str) -> ObjectId | None:
     return None
 
 
+_KEY_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # code points below 32, and 127
+
+
 def idempotency_key(value: Any, field: str = "idempotencyKey") -> str:
     if not isinstance(value, str):
         raise _fail(field, "idempotencyKey must be a string")
     if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX_LENGTH:
         raise _fail(field, f"idempotencyKey must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} characters long")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if _KEY_CONTROL.search(value):
         raise _fail(field, "idempotencyKey must not contain control characters")
     return value
 

@@ -302,3 +302,283 @@ def test_a_revoked_or_altered_token_is_refused_after_it_was_used(api: Api) -> No
     assert api.request("GET", "/api/accounts", altered).status_code == 401
     assert api.request("POST", "/api/auth/logout", token).status_code == 200
     assert api.request("GET", "/api/accounts", token).status_code == 401
+
+
+# ------------------------------------------------------------------------ access line, request id, headers
+
+
+_ANY_TEXT = st.text(max_size=40)  # any code point, surrogates and controls included
+
+
+@settings(max_examples=400, deadline=None)
+@given(method=_ANY_TEXT, route=_ANY_TEXT, path=_ANY_TEXT, status=st.integers(100, 599),
+       duration=st.floats(0, 1e6, allow_nan=False, allow_infinity=False), user=st.none() | _ANY_TEXT,
+       request_id=st.none() | _ANY_TEXT, second=st.integers(0, 4_000_000_000), millis=st.integers(0, 999))
+def test_the_access_line_is_what_the_json_encoder_writes_for_the_same_fields(
+        method: str, route: str, path: str, status: int, duration: float, user: str | None,
+        request_id: str | None, second: int, millis: int) -> None:
+    from ledger import observability
+
+    timestamp = observability._timestamp(second + millis / 1000, millis)
+    duration_ms = round(duration, 2)
+    expected = observability._LINE_ENCODER.encode({
+        "time": timestamp, "level": "INFO", "logger": "ledger.access", "message": f"{method} {route} {status}",
+        "requestId": request_id, "method": method, "route": route, "path": path, "status": status,
+        "durationMs": duration_ms, "userId": user})
+    assert observability.access_line(timestamp, method, route, path, status, duration_ms, user,
+                                     request_id) == expected
+
+
+def test_generated_request_ids_are_distinct_version_4_uuids_as_uuid4_hex_writes_them() -> None:
+    import uuid
+
+    from ledger import observability
+
+    ids = [observability.new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(hex=text)
+        assert parsed.hex == text
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+    for position in range(32):  # every digit the version and variant leave free does vary
+        if position != 12:
+            assert len({text[position] for text in ids}) > 1, position
+
+
+_HEADER_NAMES = ("X-Request-ID", "x-content-type-options", "X-Frame-Options", "REFERRER-POLICY",
+                 "Content-Security-Policy", "cross-origin-resource-policy", "Strict-Transport-Security",
+                 "Cache-Control", "Content-Type", "Vary", "X-Other")
+
+
+@settings(max_examples=300, deadline=None)
+@given(existing=st.lists(st.tuples(st.sampled_from(_HEADER_NAMES), st.sampled_from(["a", "b; c=1", ""])),
+                         max_size=8),
+       request_id=st.sampled_from(["req-1", "0" * 32]), secure=st.booleans(), no_store=st.booleans())
+def test_headers_appended_directly_are_those_the_headers_api_would_set(
+        existing: list[tuple[str, str]], request_id: str, secure: bool, no_store: bool) -> None:
+    from werkzeug.datastructures import Headers
+
+    from ledger import observability
+
+    direct, through_api = Headers(existing), Headers(existing)
+    observability._add_headers(direct, request_id, secure, no_store)
+    observability._add_headers_through_api(through_api, request_id, secure, no_store)
+    assert direct.to_wsgi_list() == through_api.to_wsgi_list()
+
+
+def test_every_route_answers_with_the_same_headers_in_the_same_order_as_before(app: Flask) -> None:
+    client = app.test_client()
+    expected_tail = ["X-Request-ID", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy",
+                     "Content-Security-Policy", "Cross-Origin-Resource-Policy"]
+    health = client.get("/health", headers={"X-Request-ID": "same-1"})
+    assert [name for name, _ in health.headers] == ["Content-Type", "Content-Length", *expected_tail]
+    assert health.headers["X-Request-ID"] == "same-1"
+    missing = client.get("/api/nowhere")
+    assert [name for name, _ in missing.headers][-7:] == [*expected_tail, "Cache-Control"]
+    assert missing.headers["Cache-Control"] == "no-store"
+
+
+# ---------------------------------------------------------------------- the application and response classes
+
+
+def test_hooks_and_views_are_asked_about_once_and_still_all_run(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    import flask.app
+
+    asked: list[object] = []
+    real = inspect.iscoroutinefunction
+    monkeypatch.setattr(flask.app, "iscoroutinefunction", lambda func: asked.append(func) or real(func))
+    ran: list[str] = []
+
+    @app.before_request
+    def _before() -> None:
+        ran.append("before")
+
+    @app.after_request
+    def _after(response):  # noqa: ANN001, ANN202
+        ran.append("after")
+        return response
+
+    client = app.test_client()
+    for _ in range(5):
+        assert client.get("/health").status_code == 200
+    assert ran == ["before", "after"] * 5
+    assert asked.count(_before) == 1
+    assert asked.count(_after) == 1
+    assert len(asked) == len(set(map(id, asked)))  # nothing asked twice
+
+
+def test_a_coroutine_function_is_still_handed_to_async_to_sync_every_time(app: Flask,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    async def view() -> str:
+        return "never awaited here"
+
+    def plain() -> str:
+        return "plain"
+
+    wrapped: list[object] = []
+    monkeypatch.setattr(app, "async_to_sync", lambda func: wrapped.append(func) or (lambda: "synced"))
+    assert app.ensure_sync(view)() == "synced"
+    assert app.ensure_sync(view)() == "synced"
+    assert wrapped == [view, view]
+    assert app.ensure_sync(plain) is plain
+    assert app.ensure_sync(plain) is plain
+    unhashable = type("Unhashable", (), {"__call__": lambda self: "called", "__hash__": None})()
+    assert app.ensure_sync(unhashable) is unhashable
+
+
+@settings(max_examples=300, deadline=None)
+@given(status=st.sampled_from([100, 101, 200, 201, 204, 301, 302, 304, 400, 404, 409, 500]),
+       extra=st.lists(st.tuples(st.sampled_from(["Location", "content-location", "Content-Length", "ETag", "Vary",
+                                                 "Content-Type", "Expires", "X-Other"]),
+                                st.sampled_from(["/x/ä", "http://h/p?q=1", "7", "v"])), max_size=5),
+       body=st.sampled_from([b"", b"{}", b"x" * 100]), streamed=st.booleans())
+def test_the_response_hands_the_server_the_headers_werkzeug_would(
+        status: int, extra: list[tuple[str, str]], body: bytes, streamed: bool) -> None:
+    from flask import Response as FlaskResponse
+    from werkzeug.test import EnvironBuilder
+
+    from ledger.app import LedgerResponse
+
+    environ = EnvironBuilder(path="/api/a/b", base_url="http://example.test/").get_environ()
+    answers = []
+    for response_class in (LedgerResponse, FlaskResponse):
+        response = response_class(iter([body]) if streamed else body, status=status)
+        for name, value in extra:
+            response.headers.add(name, value)
+        answers.append(response.get_wsgi_headers(environ).to_wsgi_list())
+    assert answers[0] == answers[1]
+
+
+# ------------------------------------------------------------------------------ rate limits, checked lean
+
+
+def _limit_scenario(app: Flask, address: str) -> list[tuple]:
+    """Logins (failed and successful), registrations and transfers past their limits, answer by answer: the
+    status, the limit headers (the reset time only as "present") and the error body of refusals."""
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address  # limits per address start from zero for this scenario
+    api = Api(client)
+    seen: list[tuple] = []
+
+    def record(response) -> None:
+        headers = response.headers
+        seen.append((response.status_code, headers.get("X-RateLimit-Limit"), headers.get("X-RateLimit-Remaining"),
+                     "X-RateLimit-Reset" in headers, "Retry-After" in headers,
+                     response.get_json() if response.status_code == 429 else None))
+
+    _, token = api.user()
+    source, target = api.funded_account(token, 1000), api.open_account(api.user()[1])
+    for _ in range(4):
+        record(api.request("POST", "/api/transactions", token,
+                           json={"fromAccount": source, "toAccount": target, "amount": 1,
+                                 "idempotencyKey": unique_email()}))
+    email = unique_email()
+    for attempt in range(5):
+        record(api.request("POST", "/api/auth/register",
+                           json={"email": email if attempt < 2 else unique_email(), "password": "right-password",
+                                 "name": "Limit Tester"}))
+    for attempt in range(7):
+        record(api.request("POST", "/api/auth/login",
+                           json={"email": email, "password": "right-password" if attempt % 3 == 1 else "wrong"}))
+    return seen
+
+
+def test_limits_checked_lean_answer_exactly_as_flask_limiter_checks_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="3 per minute", RATELIMIT_REGISTER="2 per minute",
+                   RATELIMIT_LOGIN_PER_ADDRESS="6 per minute", RATELIMIT_REGISTER_PER_ADDRESS="4 per minute",
+                   RATELIMIT_TRANSFER="2 per minute")
+    try:
+        lean_checks: list[str] = []
+        real_check = ratelimit._check_view_limits
+        monkeypatch.setattr(ratelimit, "_check_view_limits",
+                            lambda name: lean_checks.append(name) or real_check(name))
+        lean = _limit_scenario(app, "192.0.2.31")
+        assert set(lean_checks) == {"ledger.api.auth.register.register", "ledger.api.auth.login.login",
+                                    "ledger.api.transactions.create_transaction.create_transaction"}
+
+        monkeypatch.setattr(ratelimit, "_check_view_limits", lambda _name: False)  # flask-limiter's own wrapper
+        by_flask_limiter = _limit_scenario(app, "192.0.2.32")
+    finally:
+        drop_database(app)
+
+    assert lean == by_flask_limiter
+    statuses = [answer[0] for answer in lean]
+    for part in (statuses[:4], statuses[4:9], statuses[9:]):  # every limit was reached
+        assert 429 in part
+
+
+def test_limits_are_resolved_once_per_configured_limit_string(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_TRANSFER="50 per minute")
+    try:
+        resolved: list[str] = []
+        real = ratelimit.limiter.limit_manager.decorated_limits
+        monkeypatch.setattr(ratelimit.limiter.limit_manager, "decorated_limits",
+                            lambda name: resolved.append(name) or real(name))
+        monkeypatch.setattr(ratelimit, "_RESOLVED", {})
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = "192.0.2.33"
+        api = Api(client)
+        _, token = api.user()
+        source, target = api.funded_account(token, 1000), api.open_account(api.user()[1])
+
+        def transfer() -> object:
+            return api.request("POST", "/api/transactions", token, json={
+                "fromAccount": source, "toAccount": target, "amount": 1, "idempotencyKey": unique_email()})
+
+        first = [transfer() for _ in range(3)]
+        app.config["RATELIMIT_TRANSFER"] = "1 per minute"  # a new limit string is resolved again, and applies
+        second = [transfer() for _ in range(2)]
+    finally:
+        drop_database(app)
+
+    assert [r.status_code for r in first] == [200, 200, 200]
+    assert [r.headers["X-RateLimit-Limit"] for r in first] == ["50"] * 3
+    assert [r.headers["X-RateLimit-Remaining"] for r in first] == ["49", "48", "47"]
+    assert resolved.count("ledger.api.transactions.create_transaction.create_transaction") == 2
+    assert [r.status_code for r in second] == [200, 429]  # the new limit counts on its own
+
+
+def test_services_are_handed_the_callers_document_itself_not_a_proxy(app: Flask, api: Api,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from flask_jwt_extended import current_user
+
+    from ledger.services import transfers
+
+    handed: list[tuple[object, object]] = []
+    real_transfer = transfers.transfer
+
+    def spy(initiator, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        handed.append((initiator, current_user._get_current_object()))
+        return real_transfer(initiator, *args, **kwargs)
+
+    monkeypatch.setattr(transfers, "transfer", spy)
+    user_id, token = api.user()
+    source, target = api.funded_account(token, 100), api.open_account(api.user()[1])
+    assert api.transfer(token, source, target, 1).status_code == 200
+    ((initiator, loaded),) = handed
+    assert type(initiator) is dict
+    assert initiator is loaded
+    assert str(initiator["_id"]) == user_id
+
+
+def test_a_forked_worker_generates_request_ids_of_its_own() -> None:
+    import os
+
+    from ledger import observability
+
+    observability.new_request_id()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then leave without running anything else of the test process
+        os.close(read_end)
+        os.write(write_end, "".join(observability.new_request_id() for _ in range(4)).encode())
+        os._exit(0)
+    os.close(write_end)
+    parents = "".join(observability.new_request_id() for _ in range(4))
+    with os.fdopen(read_end, "rb") as pipe:
+        childs = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert len(childs) == len(parents) == 128
+    assert {childs[i:i + 32] for i in range(0, 128, 32)}.isdisjoint({parents[i:i + 32] for i in range(0, 128, 32)})

@@ -6,7 +6,7 @@ import csv
 import io
 
 from flask import Blueprint, Response, jsonify, request
-from flask_jwt_extended import current_user, jwt_required
+from flask_jwt_extended import jwt_required
 
 from ledger.api.contract import body, declare, error, errors, ok, path, query
 from ledger.api.schemas import (
@@ -31,6 +31,7 @@ from ledger.errors import AccountNotFound
 from ledger.hashchain import iso_millis
 from ledger.jsonio import iso_utc
 from ledger.money import format_plain, to_major
+from ledger.security import caller
 from ledger.services import accounts as account_service
 from ledger.services import history
 from ledger.services import holds as hold_service
@@ -46,7 +47,7 @@ bp = Blueprint("accounts", __name__)
 @jwt_required()
 def create_account():
     currency = body().currency
-    account = account_service.open_account(current_user["_id"], currency)
+    account = account_service.open_account(caller()["_id"], currency)
     return jsonify({"account": account_json(account)}), 201
 
 
@@ -55,7 +56,7 @@ def create_account():
          responses={200: ok("The caller's accounts.", AccountList), **errors(401, 503)})
 @jwt_required()
 def list_accounts():
-    accounts = account_service.list_accounts(current_user["_id"])
+    accounts = account_service.list_accounts(caller()["_id"])
     return jsonify({"accounts": [account_json(a) for a in accounts]})
 
 
@@ -67,9 +68,9 @@ def list_accounts():
 @jwt_required()
 def list_accounts_of_user(user_id: str):
     # Only the caller's own id is visible; any other id looks like a user with no accounts we can show.
-    if path("user_id") != current_user["_id"]:
+    if path("user_id") != caller()["_id"]:
         raise AccountNotFound("No accounts found for this user")
-    accounts = account_service.list_accounts(current_user["_id"])
+    accounts = account_service.list_accounts(caller()["_id"])
     return jsonify({"accounts": [account_json(a) for a in accounts]})
 
 
@@ -81,10 +82,10 @@ def list_accounts_of_user(user_id: str):
 def get_balance(account_id: str):
     instant = query().at
     if instant is not None:
-        account, balance_minor = history.balance_at(current_user["_id"], path("account_id"), instant)
+        account, balance_minor = history.balance_at(caller()["_id"], path("account_id"), instant)
         return jsonify({"accountId": str(account["_id"]), "balance": to_major(balance_minor, account["currency"]),
                         "at": iso_millis(instant)})
-    account = account_service.get_account(current_user["_id"], path("account_id"))
+    account = account_service.get_account(caller()["_id"], path("account_id"))
     balance = to_major(account.get("balance", 0), account["currency"])
     return jsonify({"accountId": str(account["_id"]), "balance": balance,
                     "availableBalance": available_balance(account)})
@@ -102,7 +103,7 @@ def get_balance(account_id: str):
 def list_entries(account_id: str):
     account_oid = path("account_id")
     page_query = query()
-    page = history.list_entries(current_user["_id"], account_oid, page_query.limit, page_query.cursor)
+    page = history.list_entries(caller()["_id"], account_oid, page_query.limit, page_query.cursor)
     return jsonify({"entries": [entry_json(e) for e in page.entries], "nextCursor": page.next_cursor})
 
 
@@ -128,7 +129,7 @@ def get_statement(account_id: str):
     window = query()
     start, end = window.from_, window.to
     history.statement_window(start, end)
-    result = history.statement(current_user["_id"], account_oid, start, end)
+    result = history.statement(caller()["_id"], account_oid, start, end)
     if request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv":
         return _statement_csv(result)
     currency = result.account["currency"]
@@ -183,7 +184,7 @@ def _statement_csv(result: history.Statement) -> Response:
 @jwt_required()
 def change_account_status(account_id: str):
     account_oid = path("account_id")
-    account = account_service.change_status(current_user, account_oid, body().status)
+    account = account_service.change_status(caller(), account_oid, body().status)
     return jsonify({"account": {"_id": str(account["_id"]), "status": account["status"],
                                 "updatedAt": account.get("updatedAt")}})
 
@@ -195,7 +196,7 @@ def change_account_status(account_id: str):
                     **errors(401, 404, 503)})
 @jwt_required()
 def list_holds(account_id: str):
-    active = hold_service.list_active(current_user, path("account_id"))
+    active = hold_service.list_active(caller(), path("account_id"))
     return jsonify({"holds": [hold_json(h, "ACTIVE") for h in active]})
 
 
@@ -205,5 +206,5 @@ def list_holds(account_id: str):
          responses={200: ok("The account.", AccountResponse), **errors(401, 404, 503)})
 @jwt_required()
 def get_account(account_id: str):
-    account = account_service.get_account(current_user["_id"], path("account_id"))
+    account = account_service.get_account(caller()["_id"], path("account_id"))
     return jsonify({"account": account_json(account)})

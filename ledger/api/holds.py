@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify
-from flask_jwt_extended import current_user, jwt_required
+from flask_jwt_extended import jwt_required
 
 from ledger import ratelimit
 from ledger.api.contract import body, declare, error, errors, ok, path
 from ledger.api.schemas import HOLD_ID, CaptureRequest, CaptureResponse, HoldRequest, HoldResponse
 from ledger.api.serializers import hold_json, transaction_json
+from ledger.security import caller
 from ledger.services import holds
 
 bp = Blueprint("holds", __name__)
@@ -38,7 +39,7 @@ def hold_body(hold: dict[str, Any]) -> dict[str, Any]:
 @ratelimit.transfer_per_user
 def create_hold():
     hold = body()
-    result = holds.create(current_user, hold.fromAccount, hold.toAccount, hold.amount, hold.idempotencyKey,
+    result = holds.create(caller(), hold.fromAccount, hold.toAccount, hold.amount, hold.idempotencyKey,
                           hold.expiresInSeconds)
     response = jsonify({"hold": hold_body(result.hold)})
     response.status_code = 201
@@ -62,7 +63,7 @@ def create_hold():
 def capture_hold(hold_id: str):
     hold_oid = path("hold_id")
     capture = body()
-    result = holds.capture(current_user, hold_oid, capture.amount, capture.idempotencyKey)
+    result = holds.capture(caller(), hold_oid, capture.amount, capture.idempotencyKey)
     response = jsonify({"hold": hold_body(result.hold), "transaction": transaction_json(result.transaction)})
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -76,7 +77,7 @@ def capture_hold(hold_id: str):
                     **errors(401, 503)})
 @jwt_required()
 def void_hold(hold_id: str):
-    return jsonify({"hold": hold_body(holds.void(current_user, path("hold_id")))})
+    return jsonify({"hold": hold_body(holds.void(caller(), path("hold_id")))})
 
 
 @bp.get("/<hold_id>")
@@ -84,4 +85,4 @@ def void_hold(hold_id: str):
          responses={200: ok("The hold.", HoldResponse), 400: error("A malformed id."), **errors(401, 404, 503)})
 @jwt_required()
 def get_hold(hold_id: str):
-    return jsonify({"hold": hold_body(holds.get(current_user, path("hold_id")))})
+    return jsonify({"hold": hold_body(holds.get(caller(), path("hold_id")))})

@@ -90,6 +90,9 @@ AccountStatus = Literal["ACTIVE", "FROZEN", "CLOSED"]
 # ----------------------------------------------------------------------------------------- requests
 
 
+_REQUIRED_FIELDS: dict[type[BaseModel], tuple[str, ...]] = {}
+
+
 class RequestModel(BaseModel):
     """Base of request bodies: fields are validated by their ``ledger.validation`` rule, in declaration order."""
 
@@ -102,7 +105,11 @@ class RequestModel(BaseModel):
 
     @classmethod
     def required_fields(cls) -> tuple[str, ...]:
-        return tuple(field.alias or name for name, field in cls.model_fields.items() if field.is_required())
+        known = _REQUIRED_FIELDS.get(cls)
+        if known is None:  # fixed once the class is defined: worked out on the first request, not on each
+            known = _REQUIRED_FIELDS[cls] = tuple(field.alias or name for name, field in cls.model_fields.items()
+                                                  if field.is_required())
+        return known
 
     @model_validator(mode="before")
     @classmethod

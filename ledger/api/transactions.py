@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
-from flask_jwt_extended import current_user, jwt_required
+from flask_jwt_extended import jwt_required
 
 from ledger import ratelimit
 from ledger.api.contract import RATE_LIMITED, body, declare, error, errors, ok, path
@@ -18,6 +18,7 @@ from ledger.api.schemas import (
 )
 from ledger.api.serializers import transaction_json
 from ledger.errors import NotSystemUser
+from ledger.security import caller
 from ledger.services import history, reversals, transfers
 from ledger.services.transfers import TransferResult
 
@@ -54,7 +55,7 @@ def _respond(result: TransferResult, message: str, status: int):
 @ratelimit.transfer_per_user  # inside jwt_required: keyed on the verified user
 def create_transaction():
     transfer = body()
-    result = transfers.transfer(current_user, transfer.fromAccount, transfer.toAccount, transfer.amount,
+    result = transfers.transfer(caller(), transfer.fromAccount, transfer.toAccount, transfer.amount,
                                 transfer.idempotencyKey)
     return _respond(result, "Transaction processed successfully", 200)
 
@@ -69,10 +70,10 @@ def create_transaction():
                     **errors(401, 403, 409, 413, 415, 422, 503)})
 @jwt_required()
 def create_initial_funds():
-    if not current_user.get("systemUser"):
+    if not caller().get("systemUser"):
         raise NotSystemUser()
     funding = body()
-    result = transfers.fund(current_user, funding.toAccount, funding.amount, funding.idempotencyKey)
+    result = transfers.fund(caller(), funding.toAccount, funding.amount, funding.idempotencyKey)
     return _respond(result, "Initial funds transaction created successfully", 201)
 
 
@@ -92,11 +93,11 @@ def create_initial_funds():
                     **errors(401, 403, 413, 415, 422, 503)})
 @jwt_required()
 def reverse_transaction(transaction_id: str):
-    if not current_user.get("systemUser"):
+    if not caller().get("systemUser"):
         raise NotSystemUser()
     original_id = path("transaction_id")
     reversal = body()
-    result = reversals.reverse(current_user, original_id, reversal.idempotencyKey, reversal.reason)
+    result = reversals.reverse(caller(), original_id, reversal.idempotencyKey, reversal.reason)
     return _respond(result, "Transaction reversed successfully", 201)
 
 
@@ -109,5 +110,5 @@ def reverse_transaction(transaction_id: str):
          path={"transaction_id": TRANSACTION_ID_FIELD})
 @jwt_required()
 def get_transaction(transaction_id: str):
-    record = history.get_transaction(current_user["_id"], path("transaction_id"))
+    record = history.get_transaction(caller()["_id"], path("transaction_id"))
     return jsonify({"transaction": transaction_json(record)})

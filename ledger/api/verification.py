@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
-from flask_jwt_extended import current_user, jwt_required
+from flask_jwt_extended import jwt_required
 
 from ledger.api.contract import declare, errors, ok
 from ledger.api.schemas import VerifyReport
 from ledger.errors import NotSystemUser
+from ledger.security import caller
 from ledger.services import audit
 
 bp = Blueprint("ledger", __name__)
@@ -21,7 +22,7 @@ bp = Blueprint("ledger", __name__)
          responses={200: ok("The verification report.", VerifyReport), **errors(401, 403, 503)})
 @jwt_required()
 def verify():
-    if not current_user.get("systemUser"):
+    if not caller().get("systemUser"):
         raise NotSystemUser()
     report = audit.verify(keep=audit.DEFAULT_KEEP)
     return jsonify({"ok": report.ok, "checked": report.checked(), "problemCount": report.problem_count,

@@ -325,6 +325,12 @@ class Engine:
             os.remove(stale)
         log.info("embedded engine: snapshot %d written (%d bytes) in %.2fs", generation, self.snapshot_size,
                  time.perf_counter() - started)
+        if self.path is not None:
+            # The documents written since the last freeze are long-lived too: collect what is garbage now (a
+            # pass over the unfrozen objects only), then freeze the rest, so full collections between
+            # compactions walk only what is newer (see _settle_loaded_documents).
+            gc.collect()
+            gc.freeze()
 
     def close(self) -> None:
         with ENGINE_LOCK:

@@ -276,3 +276,16 @@ def test_a_large_loaded_database_is_taken_out_of_the_garbage_collectors_walks(fo
     client = embedded.create_client(folder)
     assert _collection(client).count_documents({}) == 5
     assert calls == (["freeze"] if frozen else [])
+
+
+def test_compaction_collects_then_freezes_what_is_left(folder, monkeypatch):
+    calls = []
+    monkeypatch.setattr(embedded.gc, "collect", lambda *args: calls.append("collect"))
+    monkeypatch.setattr(embedded.gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(journal, "COMPACT_MIN_BYTES", 4096)
+    client = embedded.create_client(folder)
+    for n in range(200):
+        _collection(client).insert_one({"_id": n, "pad": "x" * 50})
+    assert embedded.engine_of(client).generation >= 1
+    assert calls[:2] == ["collect", "freeze"]
+    assert calls == ["collect", "freeze"] * (len(calls) // 2)

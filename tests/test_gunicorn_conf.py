@@ -84,3 +84,11 @@ def test_a_forked_worker_gets_its_own_client_so_no_post_fork_hook_is_needed(app,
         parent_client.close()
 
     assert child_client is not parent_client
+
+
+def test_a_worker_freezes_what_it_loaded_out_of_the_garbage_collectors_walks(monkeypatch):
+    conf = load_conf(monkeypatch)
+    calls = []
+    monkeypatch.setattr("gc.freeze", lambda: calls.append("freeze"))
+    conf["post_worker_init"](SimpleNamespace())
+    assert calls == ["freeze"]

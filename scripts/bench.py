@@ -6,8 +6,10 @@
    set; then a database of its own on that replica set, dropped afterwards unless ``--keep-data``);
 2. registers users, opens accounts and funds them from the system user (bootstrapped from the
    ``SYSTEM_USER_*`` variables this script sets for the server);
-3. drives load with locust (as a library, headless, closed loop: ``--concurrency`` simulated clients, each
-   sending its next request when the last one answered) for ``--duration`` seconds per phase:
+3. drives load with wrk when it is on PATH (C, event-driven, one thread, so the server keeps a core; a
+   generated Lua script holds the plan), else with locust (as a library, headless); either way closed loop:
+   ``--concurrency`` connections, each sending its next request when the last one answered, for
+   ``--duration`` seconds per phase (``LEDGER_BENCH_LOAD=wrk|locust|auto`` forces the choice; default auto):
    ``GET /health`` (the reference), transfers spread over every account, and transfers on one hot pair;
 4. compares ``GET /health`` with bare Flask (``scripts/bench_bare.py``) served the same way, in interleaved
    rounds (``--health-rounds``);
@@ -21,14 +23,30 @@ Everything is bounded: each phase by time, setup by count, the server by a start
 stopped at the end whatever happens. Traffic goes to 127.0.0.1 only.
 """
 
-# ruff: noqa: E402 - gevent must patch the standard library before anything imports it
-from gevent import monkey
+# ruff: noqa: E402 - gevent must patch the standard library before anything imports it (locust path only)
+import os
+import shutil
 
-monkey.patch_all()
+
+def choose_load_generator() -> str:
+    """``wrk`` if it is on PATH (or forced by ``LEDGER_BENCH_LOAD=wrk``), else ``locust``."""
+    wanted = os.environ.get("LEDGER_BENCH_LOAD", "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "wrk", "locust"):
+        raise SystemExit(f"LEDGER_BENCH_LOAD must be auto, wrk or locust, not {wanted!r}")
+    if wanted == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("LEDGER_BENCH_LOAD=wrk but wrk is not on PATH (Debian/Ubuntu: apt-get install -y wrk)")
+    if wanted == "auto":
+        return "wrk" if shutil.which("wrk") else "locust"
+    return wanted
+
+
+if __name__ == "__main__" and choose_load_generator() == "locust":
+    from gevent import monkey
+
+    monkey.patch_all()
 
 import argparse
 import json
-import os
 import platform
 import random
 import re
@@ -37,16 +55,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gevent
 import requests
-from locust import FastHttpUser, constant, task
-from locust.env import Environment
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -219,47 +235,53 @@ def build_plan(base_url: str, users: int, accounts_per_user: int) -> Plan:
 PLAN = Plan()
 
 
-class HealthUser(FastHttpUser):
-    """The reference: the cheapest route the service has, through the same server, framework and hooks."""
+def locust_users() -> dict[str, type]:
+    """The locust user classes per phase, imported lazily: only the locust path needs gevent and locust."""
+    from locust import FastHttpUser, constant, task
 
-    wait_time = constant(0)
+    class HealthUser(FastHttpUser):
+        """The reference: the cheapest route the service has, through the same server, framework and hooks."""
 
-    @task
-    def health(self) -> None:
-        self.client.get("/health", name="GET /health")
+        wait_time = constant(0)
 
-
-class _TransferUser(FastHttpUser):
-    abstract = True
-    wait_time = constant(0)
-
-    def send(self, owner: Owner, source: str, target: str) -> None:
-        body = {"fromAccount": source, "toAccount": target, "amount": 1, "idempotencyKey": uuid.uuid4().hex}
-        self.client.post("/api/transactions", json=body, name="POST /api/transactions",
-                         headers={"Authorization": f"Bearer {owner.token}"})
+        @task
+        def health(self) -> None:
+            self.client.get("/health", name="GET /health")
 
 
-class SpreadTransferUser(_TransferUser):
-    """Transfers from a random owner's random account to any other account."""
+    class _TransferUser(FastHttpUser):
+        abstract = True
+        wait_time = constant(0)
 
-    @task
-    def transfer(self) -> None:
-        owner = random.choice(PLAN.owners)
-        source_index = PLAN.all_accounts.index(random.choice(owner.accounts), owner.first_index)
-        target_index = random.randrange(len(PLAN.all_accounts) - 1)
-        target_index += target_index >= source_index  # any account but the source, uniformly
-        self.send(owner, PLAN.all_accounts[source_index], PLAN.all_accounts[target_index])
+        def send(self, owner: Owner, source: str, target: str) -> None:
+            body = {"fromAccount": source, "toAccount": target, "amount": 1, "idempotencyKey": uuid.uuid4().hex}
+            self.client.post("/api/transactions", json=body, name="POST /api/transactions",
+                             headers={"Authorization": f"Bearer {owner.token}"})
 
 
-class HotPairTransferUser(_TransferUser):
-    """Every client moves money between the same two accounts (one owner), in both directions."""
+    class SpreadTransferUser(_TransferUser):
+        """Transfers from a random owner's random account to any other account."""
 
-    @task
-    def transfer(self) -> None:
-        owner = PLAN.owners[0]
-        first, second = owner.accounts[0], owner.accounts[1]
-        source, target = (first, second) if random.random() < 0.5 else (second, first)
-        self.send(owner, source, target)
+        @task
+        def transfer(self) -> None:
+            owner = random.choice(PLAN.owners)
+            source_index = PLAN.all_accounts.index(random.choice(owner.accounts), owner.first_index)
+            target_index = random.randrange(len(PLAN.all_accounts) - 1)
+            target_index += target_index >= source_index  # any account but the source, uniformly
+            self.send(owner, PLAN.all_accounts[source_index], PLAN.all_accounts[target_index])
+
+
+    class HotPairTransferUser(_TransferUser):
+        """Every client moves money between the same two accounts (one owner), in both directions."""
+
+        @task
+        def transfer(self) -> None:
+            owner = PLAN.owners[0]
+            first, second = owner.accounts[0], owner.accounts[1]
+            source, target = (first, second) if random.random() < 0.5 else (second, first)
+            self.send(owner, source, target)
+
+    return {"health": HealthUser, "spread": SpreadTransferUser, "hot": HotPairTransferUser}
 
 
 @dataclass
@@ -273,9 +295,11 @@ class PhaseResult:
     statuses: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     retries: float = 0.0
+    fixed_latencies_ms: dict[Any, float | None] | None = None  # wrk's own percentiles (it keeps no samples)
 
     def summary(self) -> dict[str, Any]:
         ordered = sorted(self.latencies_ms)
+        fixed = self.fixed_latencies_ms
         return {
             "phase": self.name,
             "route": self.route,
@@ -285,10 +309,10 @@ class PhaseResult:
             "errors": self.errors,
             "statuses": self.statuses,
             "ok_per_second": round(self.ok / self.seconds, 1) if self.seconds else 0.0,
-            "p50_ms": percentile(ordered, 50),
-            "p95_ms": percentile(ordered, 95),
-            "p99_ms": percentile(ordered, 99),
-            "max_ms": round(ordered[-1], 2) if ordered else None,
+            "p50_ms": fixed[50] if fixed else percentile(ordered, 50),
+            "p95_ms": fixed[95] if fixed else percentile(ordered, 95),
+            "p99_ms": fixed[99] if fixed else percentile(ordered, 99),
+            "max_ms": fixed["max"] if fixed else (round(ordered[-1], 2) if ordered else None),
             "transaction_retries": int(self.retries),
         }
 
@@ -309,9 +333,180 @@ def metric_sum(base_url: str, name: str) -> float:
     return sum(float(match.group(1)) for line in text.splitlines() if (match := pattern.match(line)))
 
 
-def run_phase(base_url: str, name: str, route: str, user_class: type, concurrency: int,
-              duration: float) -> PhaseResult:
+# ---------------------------------------------------------------------------------------------- wrk
+
+WRK_THREADS = 1  # one event loop drives 16+ connections at thousands of req/s; the other core is the server's
+WRK_WARMUP_SECONDS = 1  # an unmeasured run first: connections open, server caches and JIT-free paths warm
+WRK_MARKER = "LEDGER_BENCH_WRK "
+_LUA_SAFE = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # JWTs and ObjectId hex: nothing to escape
+
+
+def _lua_string(value: str) -> str:
+    if not _LUA_SAFE.match(value):
+        raise ValueError(f"unexpected characters in a plan value: {value[:40]!r}")
+    return f'"{value}"'
+
+
+def wrk_lua(kind: str, plan: Plan, run_id: str) -> str:
+    """The wrk script for phase ``kind``: the plan (tokens, accounts) as Lua tables, one request per call, status
+    counting in ``response`` and a JSON summary line (``WRK_MARKER`` + JSON) printed by ``done``.
+
+    Idempotency keys are ``run_id`` (fresh per wrk run) + the wrk thread's number + a per-thread counter, so they
+    are unique across threads, phases and runs."""
+    if kind not in PHASES:
+        raise ValueError(f"unknown phase {kind!r}")
+    if kind != "health" and (not plan.owners or len(plan.all_accounts) < 2 or len(plan.owners[0].accounts) < 2):
+        raise ValueError("transfer phases need a plan with at least two accounts for owner 0")
+    if not re.fullmatch(r"[A-Za-z0-9]+", run_id):
+        raise ValueError("run_id must be alphanumeric")
+    owners = ",\n".join(f"  {{token = {_lua_string(owner.token)}, first = {owner.first_index + 1}, "
+                        f"n = {len(owner.accounts)}}}" for owner in plan.owners)
+    accounts = ", ".join(_lua_string(account) for account in plan.all_accounts)
+    return f'''-- generated by scripts/bench.py for one wrk run; not kept
+local kind = "{kind}"
+local run_id = "{run_id}"
+local owners = {{
+{owners}
+}}
+local accounts = {{{accounts}}}
+local threads = {{}}
+local next_id = 0
+
+function setup(thread)
+  next_id = next_id + 1
+  thread:set("tid", next_id)
+  table.insert(threads, thread)
+end
+
+local counter = 0
+statuses = {{}}  -- a global: done() reads it per thread with thread:get
+local health_request
+local headers_by_owner = {{}}
+
+function init(args)
+  math.randomseed(os.time() * 1000 + tid)
+  health_request = wrk.format("GET", "/health")
+  for i, owner in ipairs(owners) do
+    headers_by_owner[i] = {{["Authorization"] = "Bearer " .. owner.token, ["Content-Type"] = "application/json"}}
+  end
+end
+
+local function transfer(o, source, target)
+  counter = counter + 1
+  local body = '{{"fromAccount":"' .. source .. '","toAccount":"' .. target ..
+    '","amount":1,"idempotencyKey":"' .. run_id .. "-" .. tid .. "-" .. counter .. '"}}'
+  return wrk.format("POST", "/api/transactions", headers_by_owner[o], body)
+end
+
+function request()
+  if kind == "health" then
+    return health_request
+  elseif kind == "spread" then
+    local o = math.random(#owners)
+    local owner = owners[o]
+    local source = owner.first + math.random(owner.n) - 1
+    local target = math.random(#accounts - 1)
+    if target >= source then target = target + 1 end
+    return transfer(o, accounts[source], accounts[target])
+  else
+    local owner = owners[1]
+    local a, b = accounts[owner.first], accounts[owner.first + 1]
+    if math.random() < 0.5 then return transfer(1, a, b) end
+    return transfer(1, b, a)
+  end
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local counts = {{}}
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("statuses")) do
+      counts[status] = (counts[status] or 0) + count
+    end
+  end
+  local parts = {{}}
+  for status, count in pairs(counts) do
+    table.insert(parts, string.format('"%d":%d', status, count))
+  end
+  local e = summary.errors
+  io.write(string.format('{WRK_MARKER}{{"duration_us":%d,"requests":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d,"p50_us":%d,"p95_us":%d,"p99_us":%d,"max_us":%d,"statuses":{{%s}}}}\\n',
+    summary.duration, summary.requests, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max,
+    table.concat(parts, ",")))
+end
+'''
+
+
+def parse_wrk_output(stdout: str, name: str, route: str) -> PhaseResult:
+    """The ``PhaseResult`` from a wrk run's stdout (the JSON line ``done`` printed; latencies are µs in it)."""
+    line = next((line for line in stdout.splitlines() if line.startswith(WRK_MARKER)), None)
+    if line is None:
+        raise SystemExit(f"wrk printed no summary line ({WRK_MARKER.strip()}); its output:\n{stdout[-2000:]}")
+    data = json.loads(line[len(WRK_MARKER):])
+    statuses = {str(status): int(count) for status, count in sorted(data["statuses"].items())}
+    socket_errors = data["connect"] + data["read"] + data["write"] + data["timeout"]
+    if socket_errors:
+        statuses["error"] = socket_errors
+    ok = sum(count for status, count in statuses.items() if status.startswith("2"))
+    result = PhaseResult(name, route, seconds=data["duration_us"] / 1e6, requests=data["requests"] + socket_errors,
+                         ok=ok)
+    result.errors = result.requests - ok
+    result.statuses = statuses
+    result.fixed_latencies_ms = {pct: round(data[f"p{pct}_us"] / 1000, 2) for pct in (50, 95, 99)}
+    result.fixed_latencies_ms["max"] = round(data["max_us"] / 1000, 2)
+    return result
+
+
+def wrk_command(base_url: str, script: Path, concurrency: int, seconds: int) -> list[str]:
+    return ["wrk", "--threads", str(min(WRK_THREADS, concurrency)), "--connections", str(concurrency),
+            "--duration", f"{seconds}s", "--timeout", "10s", "--script", str(script), base_url]
+
+
+def _run_wrk(command: list[str], seconds: int) -> str:
+    try:
+        completed = subprocess.run(command, capture_output=True, timeout=seconds + 60, check=False)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"wrk did not finish within {seconds + 60} s: {' '.join(command)}") from None
+    if completed.returncode != 0:
+        raise SystemExit(f"wrk failed (exit {completed.returncode}): {' '.join(command)}\n"
+                         f"{completed.stderr.decode(errors='replace')[-2000:]}{completed.stdout.decode()[-2000:]}")
+    return completed.stdout.decode(errors="replace")
+
+
+def run_phase_wrk(base_url: str, name: str, kind: str, route: str, concurrency: int,
+                  duration: float) -> PhaseResult:
+    """``concurrency`` wrk connections on phase ``kind`` for ``duration`` seconds, after an unmeasured warm-up."""
+    seconds = max(1, round(duration))
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-wrk-") as folder:
+        script = Path(folder) / "plan.lua"
+        script.write_text(wrk_lua(kind, PLAN, uuid.uuid4().hex[:12]), encoding="utf-8")
+        _run_wrk(wrk_command(base_url, script, concurrency, WRK_WARMUP_SECONDS), WRK_WARMUP_SECONDS)
+        script.write_text(wrk_lua(kind, PLAN, uuid.uuid4().hex[:12]), encoding="utf-8")
+        retries_before = metric_sum(base_url, "ledger_transaction_retries_total")
+        result = parse_wrk_output(_run_wrk(wrk_command(base_url, script, concurrency, seconds), seconds), name, route)
+    result.retries = metric_sum(base_url, "ledger_transaction_retries_total") - retries_before
+    return result
+
+
+def run_phase(base_url: str, name: str, kind: str, concurrency: int, duration: float,
+              generator: str) -> PhaseResult:
+    """Phase ``kind`` (health, spread or hot) with ``generator`` (wrk or locust); ``name`` labels it."""
+    route = PHASES[kind]
+    if generator == "wrk":
+        return run_phase_wrk(base_url, name, kind, route, concurrency, duration)
+    return run_phase_locust(base_url, name, route, locust_users()[kind], concurrency, duration)
+
+
+def run_phase_locust(base_url: str, name: str, route: str, user_class: type, concurrency: int,
+                     duration: float) -> PhaseResult:
     """``concurrency`` locust users on ``user_class`` for ``duration`` seconds once all are running."""
+    import gevent
+    from locust.env import Environment
+
     result = PhaseResult(name, route)
     measuring = {"on": False}
 
@@ -398,8 +593,8 @@ def compare_health(args: argparse.Namespace, server: Server, stamp: str) -> dict
             for which, target in (("service", server), ("bare", bare)):
                 log(f"==> GET /health on {which}, round {index + 1}/{args.health_rounds}, {args.concurrency} clients, "
                     f"{args.health_duration:.0f} s")
-                phase = run_phase(target.base_url, f"health-{which}", "GET /health", HealthUser, args.concurrency,
-                                  args.health_duration).summary()
+                phase = run_phase(target.base_url, f"health-{which}", "health", args.concurrency,
+                                  args.health_duration, args.load_generator).summary()
                 phase["round"] = index + 1
                 rounds.append(phase)
                 log(f"    {phase['ok_per_second']} ok/s, p50 {phase['p50_ms']} ms, {phase['errors']} errors")
@@ -452,7 +647,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"at end {report['machine']['load_end']}; git {report['git']}",
         f"- server: gunicorn, {report['config']['workers']} worker(s) x {report['config']['threads']} threads; "
         f"outbox sender {'on' if report['config']['outbox_sender'] else 'off'}",
-        f"- load: locust {report['config']['locust']}, {report['config']['concurrency']} concurrent clients "
+        f"- load: {load_generator_text(report['config'])}, {report['config']['concurrency']} concurrent clients "
         f"(closed loop), {report['config']['duration']} s per phase, {report['config']['users']} users x "
         f"{report['config']['accounts_per_user']} accounts",
         "",
@@ -481,6 +676,16 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"| `{item['function']}` | {item['ms']} |" for item in profile["top_costs_of_ours_ms_per_transfer"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def load_generator_text(config: dict[str, Any]) -> str:
+    if "load_generator" not in config:  # reports written before wrk was an option
+        return f"locust {config.get('locust', '?')}"
+    text = config.get("load_generator_version") or config["load_generator"]
+    if config["load_generator"] == "wrk":
+        text += (f" ({config.get('wrk_threads', 1)} thread, {config.get('wrk_warmup_seconds', 0)} s unmeasured "
+                 "warm-up per phase)")
+    return text
 
 
 def ratio_line(phases: list[dict[str, Any]]) -> str:
@@ -617,16 +822,19 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-PHASES = {
-    "health": ("GET /health", HealthUser),
-    "spread": ("POST /api/transactions", SpreadTransferUser),
-    "hot": ("POST /api/transactions", HotPairTransferUser),
-}
+PHASES = {"health": "GET /health", "spread": "POST /api/transactions", "hot": "POST /api/transactions"}
 
 
 def main() -> None:
     args = parse_args()
-    import locust
+    args.load_generator = choose_load_generator()
+    if args.load_generator == "wrk":
+        version = subprocess.run(["wrk", "--version"], capture_output=True, timeout=10, check=False)
+        generator_version = (version.stdout or version.stderr).decode(errors="replace").split("Copyright")[0].strip()
+    else:
+        import locust
+
+        generator_version = f"locust {locust.__version__}"
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     args.output.mkdir(parents=True, exist_ok=True)
@@ -640,10 +848,16 @@ def main() -> None:
         "config": {"duration": args.duration, "users": args.users, "accounts_per_user": args.accounts,
                    "concurrency": args.concurrency, "threads": args.threads,
                    "workers": 1 if engine == "embedded" else (args.workers or 1),
-                   "outbox_sender": outbox_sender_on(args), "locust": locust.__version__},
+                   "outbox_sender": outbox_sender_on(args), "load_generator": args.load_generator,
+                   "load_generator_version": generator_version,
+                   **({"wrk_threads": WRK_THREADS, "wrk_warmup_seconds": WRK_WARMUP_SECONDS}
+                      if args.load_generator == "wrk" else {})},
         "phases": [],
     }
-    log(f"==> benchmark on the {engine} engine; results in {args.output}/{stamp}.*")
+    log(f"==> benchmark on the {engine} engine; load generator: {generator_version}"
+        + (f" ({WRK_THREADS} thread, {WRK_WARMUP_SECONDS} s unmeasured warm-up per phase)"
+           if args.load_generator == "wrk" else " (wrk not on PATH or LEDGER_BENCH_LOAD=locust)"))
+    log(f"==> results in {args.output}/{stamp}.*")
     runs: list[tuple[str, str | None]] = [("", None)]
     if engine == "embedded":
         import tempfile
@@ -669,10 +883,10 @@ def main() -> None:
             plan = build_plan(server.base_url, args.users, args.accounts)
             PLAN.owners, PLAN.all_accounts = plan.owners, plan.all_accounts
             for name in args.phases:
-                route, user_class = PHASES[name]
-                log(f"==> phase {name}: {route}, {args.concurrency} clients, {args.duration:.0f} s")
-                phase = run_phase(server.base_url, name, route, user_class, args.concurrency,
-                                  args.duration).summary()
+                log(f"==> phase {name}: {PHASES[name]}, {args.concurrency} clients, {args.duration:.0f} s "
+                    f"({args.load_generator})")
+                phase = run_phase(server.base_url, name, name, args.concurrency, args.duration,
+                                  args.load_generator).summary()
                 phase["run"] = label
                 report["phases"].append(phase)
                 log(f"    {phase['ok_per_second']} ok/s, p50 {phase['p50_ms']} ms, p95 {phase['p95_ms']} ms, "

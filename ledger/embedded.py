@@ -456,48 +456,46 @@ def _patch_datetime_awareness() -> None:
     original = _helpers.patch_datetime_awareness_in_document
     if getattr(original, "__ledger_fast__", False):
         return
-    plain = frozenset({str, int, float, bool, type(None), ObjectId, bytes})
+    plain = frozenset({str, int, float, bool, type(None), ObjectId, bytes, Int64})
 
-    def patch(value: Any) -> Any:
+    def stored_form(value: datetime.datetime) -> datetime.datetime | None:
+        zone = value.tzinfo
+        if zone is None:
+            return value.replace(microsecond=value.microsecond // 1000 * 1000)
+        if zone is datetime.UTC:  # what the app writes: the offset is zero, only the zone goes
+            return value.replace(tzinfo=None, microsecond=value.microsecond // 1000 * 1000)
+        return None  # another zone: the original's arithmetic
+
+    _helpers.patch_datetime_awareness_in_document = _plain_walker(plain, stored_form, original)
+
+    # And its inverse for a tz_aware client (ours): every datetime handed to a reader gets mongomock-ng's UTC.
+    utc = _helpers.utc
+    _helpers.make_datetime_timezone_aware_in_document = _plain_walker(
+        plain, lambda value: value.replace(tzinfo=utc), _helpers.make_datetime_timezone_aware_in_document)
+
+
+def _plain_walker(plain: frozenset, on_datetime: Callable[[Any], Any], original: Callable[[Any], Any]) -> Any:
+    """A walk over a document like mongomock-ng's datetime walks: plain dicts, lists and tuples rebuilt (as
+    lists), values of the ``plain`` types kept, datetimes given to ``on_datetime``, and anything else (or a
+    datetime it answers None for) handed to ``original``, whose answer it then is."""
+
+    def walk(value: Any) -> Any:
         kind = type(value)
         if kind is dict:
-            return {key: item if type(item) in plain else patch(item) for key, item in value.items()}
+            return {key: item if type(item) in plain else walk(item) for key, item in value.items()}
         if kind is list or kind is tuple:
-            return [item if type(item) in plain else patch(item) for item in value]
+            return [item if type(item) in plain else walk(item) for item in value]
         if kind in plain:
             return value
         if kind is datetime.datetime:
-            zone = value.tzinfo
-            if zone is None:
-                return value.replace(microsecond=value.microsecond // 1000 * 1000)
-            if zone is datetime.UTC:  # what the app writes: the offset is zero, only the zone goes
-                return value.replace(tzinfo=None, microsecond=value.microsecond // 1000 * 1000)
+            answer = on_datetime(value)
+            if answer is not None:
+                return answer
         return original(value)
 
-    patch.__ledger_fast__ = True  # type: ignore[attr-defined]
-    patch.original = original  # type: ignore[attr-defined]
-    _helpers.patch_datetime_awareness_in_document = patch
-
-    # And its inverse for a tz_aware client (ours): every datetime handed to a reader gets mongomock-ng's UTC.
-    original_aware = _helpers.make_datetime_timezone_aware_in_document
-    utc = _helpers.utc
-    immutable = plain | {Int64}
-
-    def aware(value: Any) -> Any:
-        kind = type(value)
-        if kind is dict:
-            return {key: item if type(item) in immutable else aware(item) for key, item in value.items()}
-        if kind is list or kind is tuple:
-            return [item if type(item) in immutable else aware(item) for item in value]
-        if kind is datetime.datetime:
-            return value.replace(tzinfo=utc)
-        if kind in immutable:
-            return value
-        return original_aware(value)
-
-    aware.__ledger_fast__ = True  # type: ignore[attr-defined]
-    aware.original = original_aware  # type: ignore[attr-defined]
-    _helpers.make_datetime_timezone_aware_in_document = aware
+    walk.__ledger_fast__ = True  # type: ignore[attr-defined]
+    walk.original = original  # type: ignore[attr-defined]
+    return walk
 
 
 def _patch_sessions(session_class: type) -> None:

@@ -582,3 +582,233 @@ def test_a_forked_worker_generates_request_ids_of_its_own() -> None:
     os.waitpid(pid, 0)
     assert len(childs) == len(parents) == 128
     assert {childs[i:i + 32] for i in range(0, 128, 32)}.isdisjoint({parents[i:i + 32] for i in range(0, 128, 32)})
+
+
+# ------------------------------------------------------------------------------ access lines by descriptor
+
+
+def _deployed_handler(monkeypatch: pytest.MonkeyPatch):
+    """The ledger's stream handler as deployed: the only handler an access record reaches."""
+    import logging
+
+    root = logging.getLogger()
+    (handler,) = [h for h in root.handlers if getattr(h, "_ledger_handler", False)]
+    monkeypatch.setattr(root, "handlers", [handler])  # pytest's capturing handlers set aside
+    return handler
+
+
+def test_access_lines_written_to_the_streams_descriptor_are_the_lines_the_formatter_writes(
+        app: Flask, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import json
+    import logging
+
+    from ledger import observability
+
+    handler = _deployed_handler(monkeypatch)
+    path = tmp_path / "access.log"
+    with path.open("w", encoding="utf-8") as stream:
+        stream.write("written before\n")  # still in the stream's buffer: it must come out first
+        previous = handler.setStream(stream)
+        try:
+            client = app.test_client()
+            client.get("/api/nowhere?x=1", headers={"X-Request-ID": "by-fd-1"})
+            assert observability._writer_for[0] is stream
+            assert observability._writer_for[1] is not None
+            observability.access_log.addHandler(logging.NullHandler())  # another handler: the record path
+            try:
+                client.get("/api/nowhere?x=1", headers={"X-Request-ID": "by-fd-1"})
+            finally:
+                observability.access_log.handlers.clear()
+        finally:
+            handler.setStream(previous)
+    text = path.read_text(encoding="utf-8")
+    first, direct, via_record = text.splitlines(keepends=True)
+    assert first == "written before\n"
+    assert direct.endswith("\n")
+    lines = [json.loads(line) for line in (direct, via_record)]
+    for line in lines:
+        line.pop("durationMs")
+        line.pop("time")
+    assert list(lines[0]) == list(lines[1])
+    assert lines[0] == lines[1]
+
+
+def _pipe_reader(fd: int) -> tuple[threading.Thread, bytearray]:
+    import os
+
+    received = bytearray()
+
+    def read() -> None:
+        while chunk := os.read(fd, 65536):
+            received.extend(chunk)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, received
+
+
+@pytest.mark.parametrize("target", ["pipe", "file"])
+@pytest.mark.parametrize("threads", [2, 8, 32])
+def test_the_line_writer_keeps_every_line_whole_once_and_in_each_threads_order(
+        target: str, threads: int, tmp_path) -> None:
+    """Many threads, lines of many lengths (around the 4,096-byte chunk and beyond it): every line arrives
+    once, in one piece, and each thread's lines in the order it wrote them."""
+    import os
+    import random
+
+    from ledger.observability import _LineWriter
+
+    if target == "pipe":
+        read_fd, fd = os.pipe()
+        reader, received = _pipe_reader(read_fd)
+    else:
+        fd = os.open(tmp_path / "lines.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    writer = _LineWriter(fd)
+    lengths = [1, 2, 100, 4000, 4094, 4095, 4096, 4097, 9000, 70_000]
+    start = threading.Barrier(threads)
+
+    def work(number: int) -> None:
+        rng = random.Random(number)
+        start.wait()
+        for index in range(60):
+            size = rng.choice(lengths) if index % 3 == 0 else rng.randrange(1, 300)
+            head = f"{number}:{index}:"
+            writer.write((head + "x" * max(0, size - len(head))).encode() + b"\n")
+
+    workers = [threading.Thread(target=work, args=(number,)) for number in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    os.close(fd)
+    if target == "pipe":
+        reader.join(timeout=30)
+        os.close(read_fd)
+        data = bytes(received)
+    else:
+        data = (tmp_path / "lines.log").read_bytes()
+    assert not writer._queue
+    seen: dict[int, list[int]] = {}
+    for line in data.split(b"\n")[:-1]:
+        number, index, filler = line.split(b":", 2)
+        assert set(filler) <= {ord("x")}  # nothing of another line inside this one
+        seen.setdefault(int(number), []).append(int(index))
+    assert seen == {number: list(range(60)) for number in range(threads)}
+
+
+def test_the_line_writer_finishes_a_line_the_kernel_takes_in_pieces(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path) -> None:
+    import os
+
+    from ledger import observability
+
+    real_write = os.write
+    monkeypatch.setattr(observability.os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
+    fd = os.open(tmp_path / "short.log", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        writer = observability._LineWriter(fd)
+        for number in range(5):
+            writer.write(f'{{"line": {number}, "text": "{"y" * 50}"}}\n'.encode())
+    finally:
+        os.close(fd)
+    assert (tmp_path / "short.log").read_text().splitlines() == [
+        f'{{"line": {number}, "text": "{"y" * 50}"}}' for number in range(5)]
+
+
+def test_a_line_that_cannot_be_written_is_reported_and_the_request_still_answers(
+        app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import os
+
+    handler = _deployed_handler(monkeypatch)
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # nobody reads: every write fails with a broken pipe
+    stream = io.TextIOWrapper(io.FileIO(write_fd, "w"), encoding="utf-8")
+    reported: list[object] = []
+    monkeypatch.setattr(handler, "handleError", reported.append)
+    previous = handler.setStream(stream)
+    try:
+        response = app.test_client().get("/health")
+    finally:
+        handler.setStream(previous)
+        stream.close()  # nothing buffered in it: the line went (or failed to go) straight to the descriptor
+    assert response.status_code == 200
+    (record,) = reported
+    assert record.getMessage() == "GET /health 200"
+
+
+def test_a_text_stream_without_a_descriptor_or_in_another_encoding_is_written_through_itself(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import io
+
+    from ledger import observability
+
+    handler = _deployed_handler(monkeypatch)
+    with (tmp_path / "utf16.log").open("w", encoding="utf-16") as utf16:
+        for stream in (io.StringIO(), utf16):
+            previous = handler.setStream(stream)
+            try:
+                assert observability._line_writer(handler) is None
+            finally:
+                handler.setStream(previous)
+
+
+def test_a_forked_child_writes_access_lines_even_if_the_parent_was_mid_write(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import os
+
+    from ledger import observability
+
+    handler = _deployed_handler(monkeypatch)
+    path = tmp_path / "forked.log"
+    with path.open("w", encoding="utf-8") as stream:
+        previous = handler.setStream(stream)
+        try:
+            writer = observability._line_writer(handler)
+            assert writer is not None
+            writer._writing.acquire()  # as if another thread were writing when the process forked
+            try:
+                pid = os.fork()
+                if pid == 0:  # the child: a writer of its own, whose lock nobody holds
+                    try:
+                        observability._line_writer(handler).write(b"from the child\n")
+                    finally:
+                        os._exit(0)
+                _, status = os.waitpid(pid, 0)
+            finally:
+                writer._writing.release()
+        finally:
+            handler.setStream(previous)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert path.read_text(encoding="utf-8") == "from the child\n"
+
+
+def test_a_line_queued_while_the_writer_lets_go_is_still_written(tmp_path) -> None:
+    """The narrowest moment: another thread queues its line after the writing thread last looked at the queue
+    and before it let go of the lock, so that thread could not take the lock and left its line queued."""
+    import os
+
+    from ledger.observability import _LineWriter
+
+    class LetGoLate:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.before_release: list = []
+
+        def acquire(self, blocking: bool = True) -> bool:
+            return self.lock.acquire(blocking)
+
+        def release(self) -> None:
+            while self.before_release:
+                self.before_release.pop()()
+            self.lock.release()
+
+    fd = os.open(tmp_path / "late.log", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        writer = _LineWriter(fd)
+        writer._writing = LetGoLate()
+        writer._writing.before_release.append(lambda: writer.write(b"second\n"))  # cannot take the lock: queues
+        writer.write(b"first\n")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "late.log").read_bytes() == b"first\nsecond\n"

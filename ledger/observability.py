@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import codecs
-import io
 import json
 import logging
 import os
 import random
 import re
 import sys
-import threading
 import time
-from collections import deque
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
@@ -208,9 +204,8 @@ def _log_access(method: str, route: str, path: str, status: int, duration_ms: fl
 
     When the only handler it would reach is the one :func:`configure_logging` installs (the usual case in a
     deployment), the line is written straight to that handler's stream, exactly as ``JsonFormatter`` would
-    write the record, without building one: to the stream's file descriptor through :class:`_LineWriter`
-    where the stream has one, else through the stream under the handler's lock. Any other handler, filter or
-    logger setting (tests, an operator's logging configuration) gets the record itself, through ``logging``.
+    write the record, without building one. Any other handler, filter or logger setting (tests, an operator's
+    logging configuration) gets the record itself, through ``logging`` as usual.
     """
     handler = _sole_ledger_handler()
     if handler is None:
@@ -218,105 +213,16 @@ def _log_access(method: str, route: str, path: str, status: int, duration_ms: fl
         return
     now = time.time()
     line = access_line(_timestamp(now, (now - int(now)) * 1000), method, route, path, status, duration_ms,
-                       user_id, request_id) + handler.terminator
-    writer = _line_writer(handler)
-    if writer is not None:
-        try:
-            writer.write(line.encode("ascii"))  # the line is JSON with ASCII escapes: ASCII throughout
-        except Exception:  # noqa: BLE001 - as StreamHandler.emit: report through logging's own error hook
-            handler.handleError(_access_record(method, route, path, status, duration_ms, user_id))
-        return
+                       user_id, request_id)
     handler.acquire()
     try:
         stream = handler.stream  # what StreamHandler.emit and flush() do, under the lock already held
-        stream.write(line)
+        stream.write(line + handler.terminator)
         stream.flush()
     except Exception:  # noqa: BLE001 - as StreamHandler.emit: report through logging's own error hook
         handler.handleError(_access_record(method, route, path, status, duration_ms, user_id))
     finally:
         handler.release()
-
-
-class _LineWriter:
-    """Whole lines written to one file descriptor by many threads, each line in one piece, in order, and
-    combined into one ``write`` when several are waiting.
-
-    ``StreamHandler`` holds its lock across the system call that writes a line, so under load the serving
-    threads queue behind each other at the log, each hand-over of the lock a hand-over of the interpreter
-    too. Here a thread appends its line to a queue and, if no other thread is writing, writes what the queue
-    holds; if another thread is writing, it returns at once and that thread, which looks at the queue again
-    after it lets go, writes the line. No thread waits for another, and no line waits longer than the write
-    under way. A write carries at most ``PIPE_BUF`` bytes of whole lines (a longer line goes alone), so on a
-    pipe no other writer's output lands inside a line; on a regular file the kernel orders the writes.
-    """
-
-    CHUNK = 4096  # PIPE_BUF on Linux: writes this size or smaller to a pipe are never interleaved
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._queue: deque[bytes] = deque()
-        self._writing = threading.Lock()
-
-    def write(self, line: bytes) -> None:
-        queue = self._queue
-        queue.append(line)
-        # Looked at after letting go (by the thread that wrote) and after appending (by this one): whichever
-        # comes last finds the line still queued and the lock free, so no line is left behind.
-        while queue and self._writing.acquire(blocking=False):
-            try:
-                self._drain()
-            finally:
-                self._writing.release()
-
-    def _drain(self) -> None:
-        queue, limit = self._queue, self.CHUNK
-        while queue:
-            first = queue.popleft()
-            parts, size = [first], len(first)
-            while queue and size + len(queue[0]) <= limit:
-                line = queue.popleft()
-                parts.append(line)
-                size += len(line)
-            data = memoryview(b"".join(parts)) if len(parts) > 1 else memoryview(first)
-            while data:
-                data = data[os.write(self.fd, data):]
-
-
-# The writer for the ledger handler's current stream: (stream, writer or None). Rebuilt when the stream
-# changes (``setStream``) and in a forked child (the parent's lock may have been held by a thread that does
-# not exist there).
-_writer_for: tuple[Any, _LineWriter | None] = (None, None)
-
-
-def _line_writer(handler: logging.StreamHandler) -> _LineWriter | None:
-    global _writer_for
-    stream = handler.stream
-    known, writer = _writer_for
-    if known is stream:
-        return writer
-    writer = None
-    try:
-        # A text stream over a file descriptor, in an encoding that writes ASCII as ASCII (the usual stderr);
-        # anything else (a StringIO in a test, an exotic encoding) is written through the stream itself.
-        if isinstance(stream, io.TextIOWrapper) and codecs.lookup(stream.encoding).name in _ASCII_SUPERSETS:
-            fd = stream.fileno()
-            stream.flush()  # what the stream holds goes first
-            writer = _LineWriter(fd)
-    except (OSError, ValueError, LookupError, AttributeError):
-        writer = None
-    _writer_for = (stream, writer)
-    return writer
-
-
-_ASCII_SUPERSETS = frozenset({"utf-8", "ascii", "iso8859-1", "iso8859-15", "cp1252"})
-
-
-def _forget_writer() -> None:
-    global _writer_for
-    _writer_for = (None, None)
-
-
-os.register_at_fork(after_in_child=_forget_writer)
 
 
 def _access_record(method: str, route: str, path: str, status: int, duration_ms: float,

@@ -26,6 +26,7 @@ call each other internally count once), which the command-count tests and the be
 
 from __future__ import annotations
 
+import copy
 import datetime
 import functools
 import gc
@@ -325,12 +326,13 @@ class Engine:
             os.remove(stale)
         log.info("embedded engine: snapshot %d written (%d bytes) in %.2fs", generation, self.snapshot_size,
                  time.perf_counter() - started)
-        if self.path is not None:
-            # The documents written since the last freeze are long-lived too: collect what is garbage now (a
-            # pass over the unfrozen objects only), then freeze the rest, so full collections between
-            # compactions walk only what is newer (see _settle_loaded_documents).
-            gc.collect()
-            gc.freeze()
+        # The documents written since the last freeze are long-lived too: collect what is garbage now (a pass
+        # over the unfrozen objects only), then freeze the rest, so full collections between compactions walk
+        # only what is newer (see _settle_loaded_documents). Whatever a request in another thread holds at
+        # this moment is frozen with them; if it later becomes cyclic garbage it stays (bounded by what was in
+        # flight at one compaction; compactions come as the journal doubles the snapshot).
+        gc.collect()
+        gc.freeze()
 
     def close(self) -> None:
         with ENGINE_LOCK:
@@ -640,14 +642,17 @@ def _simple_update(document: Any) -> bool:
             return False
         seen.update(fields)
         for name, value in fields.items():
-            if (type(name) is not str or not name or name == "_id" or "." in name or "$" in name
-                    or "\0" in name):
+            # ASCII names and strings: what BSON can always encode (a lone surrogate cannot be, and
+            # mongomock-ng refuses it), checked as cheaply as the insert path checks them.
+            if (type(name) is not str or not name or not name.isascii() or name == "_id" or "." in name
+                    or "$" in name or "\0" in name):
                 return False
             kind = type(value)
             if operator == "$inc":
                 if kind not in _NUMBERS:
                     return False
-            elif kind not in _SET_VALUES or ((kind is int or kind is Int64) and not -2**63 <= value < 2**63):
+            elif (kind not in _SET_VALUES or ((kind is int or kind is Int64) and not -2**63 <= value < 2**63)
+                    or (kind is str and not value.isascii())):
                 return False
     return True
 
@@ -676,6 +681,8 @@ def _fast_updates(original: Callable[..., Any]) -> Callable[..., Any]:
         matched = list(self._iter_documents(spec))
         if not multi:
             matched = matched[:1]
+        if matched:  # a read-only view refuses any matched update, one that changes nothing included
+            store._check_writable()
         increments = document.get("$inc")
         if increments:
             for existing in matched:
@@ -686,6 +693,12 @@ def _fast_updates(original: Callable[..., Any]) -> Callable[..., Any]:
         modified = 0
         for existing in matched:
             changed = dict(existing)
+            for name, value in existing.items():
+                if type(value) not in _IMMUTABLE:
+                    # The old document is the undo log's copy: the new one must share no container with
+                    # it, or a later in-place change (a nested $set, a $push) would alter what an abort
+                    # restores.
+                    changed[name] = copy.deepcopy(value)
             for operator, fields in document.items():
                 if operator == "$inc":
                     for name, delta in fields.items():

@@ -280,15 +280,22 @@ def test_the_faster_datetime_patches_answer_exactly_as_mongomock_does(value, nam
 
 _update_values = st.one_of(values, st.sampled_from([10**20, -7, 0.25, [1, 2], {"x": 1}]))
 _update_fields = st.sampled_from(["a", "b", "u", "n", "_id", "a.b", "$x"])
-_plain_fields = st.sampled_from(["a", "b", "u", "n", "m"])
+# Non-ASCII names and strings (a lone surrogate BSON cannot encode) are not for the fast path: it must hand
+# them to mongomock-ng, whose answer (or error) stands.
+_plain_fields = st.sampled_from(["a", "b", "u", "n", "m", "é", "\ud800"])
+_set_values = st.one_of(values, st.sampled_from(["é", "\ud800", "x\ud800"]))
 # Mostly updates the fast path takes ($inc by numbers, $set to scalars, plain fields), then anything at all.
 simple_updates = st.fixed_dictionaries({}, optional={
     "$inc": st.dictionaries(_plain_fields, st.one_of(st.integers(-3, 3), st.integers(-3, 3).map(Int64),
                                                      st.sampled_from([0.5, -1.5])), min_size=1, max_size=2),
-    "$set": st.dictionaries(_plain_fields, values, min_size=1, max_size=3),
+    "$set": st.dictionaries(_plain_fields, _set_values, min_size=1, max_size=3),
 }).filter(bool)
+# Updates mongomock-ng makes in place, inside nested values: after a fast update of the same document they
+# must not reach the copy the undo log keeps.
+nested_updates = st.sampled_from([{"$set": {"m.x": 9}}, {"$push": {"l": 9}}, {"$set": {"m.x": 8}, "$inc": {"n": 1}},
+                                  {"$pull": {"l": 1}}, {"$unset": {"m.x": ""}}])
 updates = st.one_of(
-    simple_updates, simple_updates, simple_updates,
+    simple_updates, simple_updates, simple_updates, nested_updates,
     st.fixed_dictionaries({}, optional={
         "$inc": st.dictionaries(_update_fields, st.one_of(st.integers(-3, 3), st.sampled_from([0.5, True])),
                                 min_size=1, max_size=2),
@@ -299,7 +306,8 @@ updates = st.one_of(
 )
 update_documents = st.fixed_dictionaries(
     {"n": st.one_of(st.integers(-3, 3), st.integers(-3, 3).map(Int64), st.sampled_from([1.5, None, "1", True]))},
-    optional={"a": values, "b": values, "u": st.integers(0, 3)})
+    optional={"a": values, "b": values, "u": st.integers(0, 3),
+              "m": st.fixed_dictionaries({"x": values}), "l": st.lists(st.integers(0, 2), max_size=3)})
 
 
 def _outcome(collection, action):
@@ -315,13 +323,19 @@ def _outcome(collection, action):
     return repr(result)
 
 
-@example(docs=[{"n": 0, "a": None}], query={}, update={"$unset": {"_id": None}, "$inc": {"a": None}}, many=False,
+@example(docs=[{"n": 0, "a": None}], query={}, update=[{"$unset": {"_id": None}, "$inc": {"a": None}}], many=False,
          in_transaction=False)
+@example(docs=[{"n": 0, "m": {"x": 1}, "l": [1]}], query={}, update=[{"$inc": {"n": 1}}, {"$set": {"m.x": 9}},
+                                                                     {"$push": {"l": 9}}],
+         many=False, in_transaction=True)  # an abort must give back the nested values as they were
+@example(docs=[{"n": 0}], query={}, update=[{"$set": {"a": "\ud800"}}], many=False, in_transaction=False)
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(docs=st.lists(update_documents, max_size=6), query=filters, update=updates, many=st.booleans(),
-       in_transaction=st.booleans())
+@given(docs=st.lists(update_documents, max_size=6), query=filters, update=st.lists(updates, min_size=1, max_size=3),
+       many=st.booleans(), in_transaction=st.booleans())
 def test_the_fast_update_path_answers_and_stores_exactly_what_mongomock_does(docs, query, update, many,
                                                                            in_transaction):
+    """One to three updates in a row (in a transaction then aborted, or not): every answer, every stored
+    document and what an abort restores are mongomock-ng's."""
     collection_class = type(_fresh_collection([]))
     fast = collection_class._update_documents
     assert getattr(fast, "__ledger_fast__", False)
@@ -344,11 +358,14 @@ def test_the_fast_update_path_answers_and_stores_exactly_what_mongomock_does(doc
             if in_transaction:  # the undo log must restore what either path changed
                 with collection.database.client.start_session() as session:
                     session.start_transaction()
-                    first = _outcome(collection, lambda method=method: method(query, update, session=session))
+                    steps = [_outcome(collection, lambda method=method, step=step: method(query, step,
+                                                                                          session=session))
+                             for step in update]
                     session.abort_transaction()
-                outcomes.append((first, _outcome(collection, lambda: None)))
+                outcomes.append((steps, _outcome(collection, lambda: None)))
             else:
-                outcomes.append(_outcome(collection, lambda method=method: method(query, update)))
+                outcomes.append([_outcome(collection, lambda method=method, step=step: method(query, step))
+                                 for step in update])
         finally:
             collection_class._update_documents = fast
         # The index followed the change. (mongomock-ng can leave a document without _id: a failing update
@@ -356,6 +373,34 @@ def test_the_fast_update_path_answers_and_stores_exactly_what_mongomock_does(doc
         assert [doc.get("_id") for doc in collection.find({"a": {"$exists": True}})] == _scan(
             collection, {"a": {"$exists": True}})
     assert outcomes[0] == outcomes[1], (docs, query, update, many, in_transaction)
+
+
+@pytest.mark.parametrize("update", [{"$set": {"n": 5}}, {"$set": {"n": 6}}, {"$inc": {"n": 0}}, {"$inc": {"n": 1}}],
+                         ids=["set-same", "set-other", "inc-zero", "inc-one"])
+def test_a_read_only_view_refuses_every_matched_update_on_both_paths(tmp_path, update) -> None:
+    """A folder another process owns is read-only here: an update that matches a document is refused, even
+    one that would change nothing, as mongomock-ng's path refuses it; one that matches nothing is not."""
+    import os
+
+    import mongomock_ng
+
+    owner = embedded.create_client(str(tmp_path))
+    owner["t"]["c"].insert_one({"_id": 1, "n": 5})
+    view = embedded.Engine.open(os.path.realpath(tmp_path))
+    assert view.read_only_reason is not None
+    collection = mongomock_ng.MongoClient(tz_aware=True, _store=view.server_store)["t"]["c"]
+    collection_class = type(collection)
+    fast = collection_class._update_documents
+    assert getattr(fast, "__ledger_fast__", False)
+    for implementation in (fast, fast.original):
+        collection_class._update_documents = implementation
+        try:
+            with pytest.raises(embedded.FolderOwned):
+                collection.update_one({"_id": 1}, update)
+            assert collection.update_one({"_id": 2}, update).matched_count == 0
+        finally:
+            collection_class._update_documents = fast
+    assert owner["t"]["c"].find_one({"_id": 1}) == {"_id": 1, "n": 5}
 
 
 # ------------------------------------------------------------- the fast path for inserts

@@ -26,8 +26,12 @@ starts an empty journal and deletes the old one.
 
 Pickled records and snapshot headers mean the folder is as trusted as the code that reads it (anyone who can
 write it can change every balance anyway); pickle hands back exactly the objects that were committed. BSON
-hands back the same values: documents as dicts, naive UTC datetimes (the store keeps them so), and 64-bit
-integers as plain ints (a type decoder undoes the driver's ``Int64`` wrapper).
+hands back equal values: documents as dicts, naive UTC datetimes (the store keeps them so), and 64-bit
+integers as plain ints (a type decoder undoes the driver's ``Int64`` wrapper, which BSON also puts on any
+plain int beyond 32 bits). So an ``Int64`` the app stored (a LongField) comes back from a journal record as
+an equal ``int``, where a snapshot keeps it an ``Int64``: the same value, arithmetic, comparisons, order and
+JSON, told apart only by ``type()`` or a ``$type: "long"`` query, which nothing here makes. Decoding them
+all as ``Int64`` instead would turn every large plain int into one.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import mongomock_ng
 import pytest
-from bson import ObjectId
+from bson import Int64, ObjectId
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
@@ -237,6 +237,20 @@ def test_journal_records_of_document_writes_are_bson_and_decode_to_the_same_valu
     payload = journal.encode_operations(operations)
     assert payload.startswith(b"BSN1")
     assert _typed(journal.decode_operations(payload)) == _typed(operations)
+
+
+def test_an_int64_comes_back_from_a_journal_record_as_an_equal_int():
+    """What the journal's docstring says: an Int64 (a LongField) is replayed as an int of the same value,
+    serialised the same way; only its type differs."""
+    import json
+
+    document = {"_id": "acc", "balance": Int64(2**40), "held": Int64(5), "plain": 2**40}
+    (operation,) = journal.decode_operations(journal.encode_operations([("put", "b", "c", "acc", document)]))
+    replayed = operation[4]
+    assert replayed == document
+    assert {name: type(value) for name, value in replayed.items()} == {
+        "_id": str, "balance": int, "held": int, "plain": int}
+    assert json.dumps(replayed) == json.dumps(document)
 
 
 @pytest.mark.parametrize("operations", [

@@ -128,7 +128,27 @@ _VIEW_LIMIT_CONFIG: dict[str, list[str]] = {}  # view name -> the config keys of
 _RESOLVED: dict[tuple[str, tuple[str, ...]], list[Any]] = {}  # (view name, limit strings) -> sorted limits
 
 
-def _flask_limiter_would_only_check_decorated_limits(name: str, endpoint: str | None) -> bool:
+# The lean path reads flask-limiter's private state (as of 4.1). If an upgrade renamed any of it, the lean
+# path stands aside and flask-limiter checks every limit itself, as it would without this module:
+# checked once per app at start-up (``_lean_path_supported``), never guessed at on a request.
+_PRIVATE_LIMITER = ("_storage_dead", "_request_filters", "_on_breach", "_check_request_limit", "_swallow_errors",
+                    "_key_prefix", "_fail_on_first_breach", "_in_memory_fallback_enabled")
+_PRIVATE_MANAGER = ("_blueprint_limits", "_route_exemptions", "_blueprint_exemptions", "decorated_limits",
+                    "has_hints")
+_lean_path = True  # whether the running flask-limiter has what the lean path reads (set by init_app)
+
+
+def _lean_path_supported(app: Flask) -> bool:
+    manager = limiter.limit_manager
+    if not (all(hasattr(limiter, name) for name in _PRIVATE_LIMITER)
+            and all(hasattr(manager, name) for name in _PRIVATE_MANAGER)):
+        return False
+    with app.test_request_context():  # where flask-limiter keeps a request's state: looked at by the hooks
+        limiter.context  # noqa: B018 - creates it
+        return _LIMITER_CONTEXT in _cv_request.get().__dict__
+
+
+def _flask_limiter_would_only_check_decorated_limits(endpoint: str | None) -> bool:
     manager = limiter.limit_manager
     return bool(
         endpoint and limiter.enabled and limiter.initialized and not limiter._storage_dead
@@ -141,8 +161,10 @@ def _flask_limiter_would_only_check_decorated_limits(name: str, endpoint: str | 
 def _check_view_limits(name: str) -> bool:
     """Count this request against the view's limits as flask-limiter would, raising its ``RateLimitExceeded``
     on a breach; False (nothing counted) when flask-limiter's own wrapper must check the request instead."""
+    if not _lean_path:
+        return False
     endpoint = limiter.identify_request()
-    if not _flask_limiter_would_only_check_decorated_limits(name, endpoint):
+    if not _flask_limiter_would_only_check_decorated_limits(endpoint):
         return False
     config = current_app.config
     strings = tuple(str(config[key]) for key in _VIEW_LIMIT_CONFIG[name])
@@ -243,7 +265,13 @@ def init_app(app: Flask) -> None:
             if swept:  # the app's own setting stays what it was
                 app.config["RATELIMIT_STORAGE_URI"] = "memory://"
         _swept_fallback()
-        _only_where_limits_apply(app)
+        global _lean_path
+        _lean_path = _lean_path_supported(app)
+        if _lean_path:
+            _only_where_limits_apply(app)
+        else:
+            app.logger.warning("flask-limiter %s lacks what the lean rate-limit path reads: every limit is "
+                               "checked by flask-limiter itself (correct, slower)", _limiter_version())
 
 
 _RETRYABLE_STATUSES = {409, 429, 503}
@@ -375,3 +403,12 @@ def _sweep(storage_ref: weakref.ReferenceType[SweptMemoryStorage]) -> None:
             return
         storage._MemoryStorage__expire_events()  # type: ignore[attr-defined]
         del storage
+
+
+def _limiter_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("flask-limiter")
+    except PackageNotFoundError:  # pragma: no cover - imported above, so installed
+        return "?"

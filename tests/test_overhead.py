@@ -509,6 +509,41 @@ def test_limits_checked_lean_answer_exactly_as_flask_limiter_checks_them(monkeyp
         assert 429 in part
 
 
+def test_a_flask_limiter_without_the_private_state_read_is_left_to_check_every_limit_itself(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """As after an upgrade that renamed something the lean path reads: it stands aside (decided at start-up,
+    with a warning), flask-limiter checks each limit, and the answers are the lean path's, 429s included."""
+    limits = {"RATELIMIT_ENABLED": True, "RATELIMIT_LOGIN": "3 per minute", "RATELIMIT_REGISTER": "2 per minute",
+              "RATELIMIT_LOGIN_PER_ADDRESS": "6 per minute", "RATELIMIT_REGISTER_PER_ADDRESS": "4 per minute",
+              "RATELIMIT_TRANSFER": "2 per minute"}
+    monkeypatch.setattr(ratelimit, "_lean_path", True)  # put back after the test (the next app decides again)
+    app = make_app(**limits)
+    try:
+        assert ratelimit._lean_path is True
+        lean = _limit_scenario(app, "192.0.2.41")
+    finally:
+        drop_database(app)
+
+    monkeypatch.setattr(ratelimit, "_PRIVATE_LIMITER", (*ratelimit._PRIVATE_LIMITER, "_renamed_in_a_later_release"))
+    counted: list[object] = []
+    real_count = ratelimit._count
+    monkeypatch.setattr(ratelimit, "_count", lambda *args: counted.append(args) or real_count(*args))
+    with caplog.at_level("WARNING"):
+        app = make_app(**limits)
+    assert "lacks what the lean rate-limit path reads" in caplog.text
+    try:
+        assert ratelimit._lean_path is False
+        standing_aside = _limit_scenario(app, "192.0.2.42")
+    finally:
+        drop_database(app)
+
+    assert counted == []  # nothing went through the lean path
+    assert standing_aside == lean
+    statuses = [answer[0] for answer in standing_aside]
+    for part in (statuses[:4], statuses[4:9], statuses[9:]):
+        assert 429 in part
+
+
 def test_limits_are_resolved_once_per_configured_limit_string(monkeypatch: pytest.MonkeyPatch) -> None:
     app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_TRANSFER="50 per minute")
     try:

@@ -272,7 +272,8 @@ def init_app(app: Flask) -> None:
 def caller() -> Any:
     """The authenticated user's document, for views under ``@jwt_required()``.
 
-    flask-jwt-extended's ``current_user`` is a proxy that looks the user up again on every item read; the
-    services read the caller's fields many times per request, so views hand them the document itself.
+    flask-jwt-extended's ``current_user`` is a proxy that resolves the document again (through the request
+    context and ``get_current_user``, no database call) on every item read; the services read the caller's
+    fields many times per request, so views hand them the document itself.
     """
     return get_current_user()

@@ -263,6 +263,9 @@ class Config:
         self.HOLD_SWEEP_SECONDS = _env_float("HOLD_SWEEP_SECONDS", 30)
 
         self.LOG_LEVEL = env("LOG_LEVEL") or "INFO"
+        # INFO lines (the access line of every request) are written by a thread of their own in batches, at most
+        # this many seconds after they are logged; WARNING and above at once. 0 writes every line at once.
+        self.LOG_FLUSH_SECONDS = _env_float("LOG_FLUSH_SECONDS", 0.05)
         # How many reverse proxies (load balancers) sit in front of the app. Their X-Forwarded-For/-Proto are
         # trusted that many hops deep, so per-address rate limits see the client, not the balancer.
         self.TRUSTED_PROXIES = _env_int("TRUSTED_PROXIES", 0)
@@ -353,6 +356,7 @@ class TestingConfig(Config):
         self.MAIL_USERNAME = self.MAIL_PASSWORD = None
         self.OUTBOX_SENDER_ENABLED = False
         self.HOLD_SWEEP_SECONDS = 0.0
+        self.LOG_FLUSH_SECONDS = 0.0  # tests read a request's log lines as soon as it has answered
         self.RATELIMIT_ENABLED = False  # tests that check limits build their app with RATELIMIT_ENABLED=True
         self.RATELIMIT_STORAGE_URI = "memory://"
 

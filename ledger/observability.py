@@ -16,6 +16,7 @@ from flask.globals import _cv_app, _cv_request
 from werkzeug.datastructures import Headers
 
 from ledger import metrics
+from ledger.logwriter import BatchingStreamHandler
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")  # match() anchors the start; \Z is the very end
 
@@ -77,9 +78,17 @@ _ACCESS_FIELDS = ("method", "route", "path", "status", "durationMs", "userId")
 
 
 def configure_logging(app: Flask) -> None:
+    """JSON lines on stderr through one process-wide handler; INFO lines are written in batches every
+    ``LOG_FLUSH_SECONDS`` (see :mod:`ledger.logwriter`), the last app configured setting the interval."""
     root = logging.getLogger()
-    if not any(getattr(h, "_ledger_handler", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    interval = float(app.config.get("LOG_FLUSH_SECONDS") or 0.0)
+    existing = [h for h in root.handlers if getattr(h, "_ledger_handler", False)]
+    if existing:
+        for handler in existing:
+            if isinstance(handler, BatchingStreamHandler):
+                handler.interval = interval
+    else:
+        handler = BatchingStreamHandler(sys.stderr, interval=interval)
         handler.setFormatter(JsonFormatter())
         handler._ledger_handler = True  # type: ignore[attr-defined]
         root.addHandler(handler)
@@ -203,9 +212,10 @@ def _log_access(method: str, route: str, path: str, status: int, duration_ms: fl
     """The access line: an INFO record of ``ledger.access`` carrying the request's fields.
 
     When the only handler it would reach is the one :func:`configure_logging` installs (the usual case in a
-    deployment), the line is written straight to that handler's stream, exactly as ``JsonFormatter`` would
-    write the record, without building one. Any other handler, filter or logger setting (tests, an operator's
-    logging configuration) gets the record itself, through ``logging`` as usual.
+    deployment), the line is handed straight to that handler, exactly as ``JsonFormatter`` would write the
+    record, without building one; the handler queues it for its writer thread (or writes it at once when
+    ``LOG_FLUSH_SECONDS`` is 0). Any other handler, filter or logger setting (tests, an operator's logging
+    configuration) gets the record itself, through ``logging`` as usual.
     """
     handler = _sole_ledger_handler()
     if handler is None:
@@ -214,15 +224,7 @@ def _log_access(method: str, route: str, path: str, status: int, duration_ms: fl
     now = time.time()
     line = access_line(_timestamp(now, (now - int(now)) * 1000), method, route, path, status, duration_ms,
                        user_id, request_id)
-    handler.acquire()
-    try:
-        stream = handler.stream  # what StreamHandler.emit and flush() do, under the lock already held
-        stream.write(line + handler.terminator)
-        stream.flush()
-    except Exception:  # noqa: BLE001 - as StreamHandler.emit: report through logging's own error hook
-        handler.handleError(_access_record(method, route, path, status, duration_ms, user_id))
-    finally:
-        handler.release()
+    handler.write_line(line + handler.terminator)
 
 
 def _access_record(method: str, route: str, path: str, status: int, duration_ms: float,
@@ -253,7 +255,7 @@ def _text_or_null(value: str | None) -> str:
     return "null" if value is None else _quote(value)
 
 
-def _sole_ledger_handler() -> logging.StreamHandler | None:
+def _sole_ledger_handler() -> BatchingStreamHandler | None:
     """The ledger's stream handler, if it is the only thing an INFO record of ``ledger.access`` would reach."""
     if access_log.filters:
         return None
@@ -262,7 +264,7 @@ def _sole_ledger_handler() -> logging.StreamHandler | None:
     while logger is not None:
         for handler in logger.handlers:
             if (found is not None or not getattr(handler, "_ledger_handler", False) or handler.filters
-                    or handler.level > logging.INFO or type(handler) is not logging.StreamHandler
+                    or handler.level > logging.INFO or type(handler) is not BatchingStreamHandler
                     or type(handler.formatter) is not JsonFormatter):
                 return None
             found = handler

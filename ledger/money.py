@@ -98,8 +98,10 @@ def format_money(minor: int, currency: str) -> str:
     """``123450, INR`` -> ``INR 1,234.50``: for people (emails)."""
     exponent = CURRENCY_EXPONENTS.get(currency, 2)
     sign = "-" if minor < 0 else ""
-    major = Decimal(abs(minor)).scaleb(-exponent)
-    return f"{currency} {sign}{major:,.{exponent}f}"
+    if not exponent:
+        return f"{currency} {sign}{abs(minor):,}"
+    whole, fraction = divmod(abs(minor), 10**exponent)  # integers throughout: exact, and no Decimal per call
+    return f"{currency} {sign}{whole:,}.{fraction:0{exponent}d}"
 
 
 def _decimals(amount: Decimal) -> int:

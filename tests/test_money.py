@@ -155,3 +155,15 @@ def test_plain_format_prints_numbers_as_the_node_messages_did(minor, currency, t
 ])
 def test_money_format_for_people_has_the_code_grouping_and_all_decimals(minor, currency, text):
     assert money.format_money(minor, currency) == text
+
+
+@settings(max_examples=500, deadline=None)
+@given(minor=st.integers(min_value=-(10**20), max_value=10**20) | st.integers(-1000, 1000),
+       currency=st.sampled_from([*money.CURRENCY_EXPONENTS, "XXX"]))
+def test_money_format_for_people_is_the_decimal_formatting_of_the_amount(minor: int, currency: str) -> None:
+    """Integer arithmetic writes what formatting the Decimal amount wrote, for every currency (and an unknown
+    code, shown with two decimals), any sign and any size."""
+    exponent = money.CURRENCY_EXPONENTS.get(currency, 2)
+    sign = "-" if minor < 0 else ""
+    major = Decimal(abs(minor)).scaleb(-exponent)
+    assert money.format_money(minor, currency) == f"{currency} {sign}{major:,.{exponent}f}"

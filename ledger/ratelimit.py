@@ -26,6 +26,7 @@ from flask import Flask, Response, current_app, request
 from flask.globals import _cv_request
 from flask_jwt_extended import get_jwt_identity
 from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
+from flask_limiter.constants import HeaderNames
 from flask_limiter.util import get_qualified_name, get_remote_address
 from limits.storage import MemoryStorage
 
@@ -132,7 +133,8 @@ _RESOLVED: dict[tuple[str, tuple[str, ...]], list[Any]] = {}  # (view name, limi
 # path stands aside and flask-limiter checks every limit itself, as it would without this module:
 # checked once per app at start-up (``_lean_path_supported``), never guessed at on a request.
 _PRIVATE_LIMITER = ("_storage_dead", "_request_filters", "_on_breach", "_check_request_limit", "_swallow_errors",
-                    "_key_prefix", "_fail_on_first_breach", "_in_memory_fallback_enabled")
+                    "_key_prefix", "_fail_on_first_breach", "_in_memory_fallback_enabled", "_headers_enabled",
+                    "_header_mapping")
 _PRIVATE_MANAGER = ("_blueprint_limits", "_route_exemptions", "_blueprint_exemptions", "decorated_limits",
                     "has_hints")
 _lean_path = True  # whether the running flask-limiter has what the lean path reads (set by init_app)
@@ -322,14 +324,42 @@ def _only_where_limits_apply(app: Flask) -> None:
         if isinstance(hook, functools.partial) and hook.args == (limiter,):
             # Retry-After comes from flask-limiter only on limited requests (our own handlers set it on 409,
             # 429 and 503 answers only), so its correction runs there too, right after flask-limiter's hook.
-            after[index] = _where_limited(lambda response, inject=hook: _retry_after_only_when_refused(
-                inject(response)), lambda response: response)
+            after[index] = _where_limited(lambda response, inject=hook: _limit_headers(response, inject),
+                                          lambda response: response)
             after.remove(_retry_after_only_when_refused)
             break
     teardown = app.teardown_request_funcs.get(None, [])
     for index, hook in enumerate(teardown):
         if getattr(hook, "__self__", None) is limiter and hook.__name__.endswith("__release_context"):
             teardown[index] = _where_limited(hook, lambda _exc=None: None)
+
+
+def _limit_headers(response: Response, inject: Callable[[Response], Response]) -> Response:
+    """flask-limiter's after-request hook followed by our ``Retry-After`` correction, in one pass for the usual
+    answer: a success or a plain error that checked limits but deducts nothing after the fact and carries no
+    ``Retry-After`` of its own. flask-limiter would add the three ``X-RateLimit-*`` headers, then a
+    ``Retry-After`` that the correction removes again; here only the three are added, from the same window
+    figures. Anything else (a 409/429/503, a ``Retry-After`` set by the view, a deduction such as a failed
+    login's, a storage that fails to answer) is left to flask-limiter's hook and the correction, as before.
+    """
+    context = _cv_request.get().__dict__[_LIMITER_CONTEXT].get(limiter)
+    headers = response.headers
+    if (context is None or context.conditional_deductions or response.status_code in _RETRYABLE_STATUSES
+            or "Retry-After" in headers):
+        return _retry_after_only_when_refused(inject(response))
+    header_limit = context.view_rate_limit
+    mapping = limiter._header_mapping
+    if not (limiter.enabled and limiter._headers_enabled and header_limit and mapping):
+        return response
+    try:
+        reset_at = header_limit.reset_at
+        remaining = header_limit.remaining
+    except Exception:  # noqa: BLE001 - the storage failed: flask-limiter's own handling (fallback, swallow or raise)
+        return _retry_after_only_when_refused(inject(response))
+    headers.add(mapping[HeaderNames.LIMIT], str(header_limit.limit.amount))
+    headers.add(mapping[HeaderNames.REMAINING], str(remaining))
+    headers.add(mapping[HeaderNames.RESET], str(reset_at))
+    return response
 
 
 def _where_limited(hook: Callable[..., Any], otherwise: Callable[..., Any]) -> Callable[..., Any]:

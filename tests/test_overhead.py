@@ -7,6 +7,7 @@ limit storage, the access line and the request metrics.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import time
@@ -617,3 +618,47 @@ def test_a_forked_worker_generates_request_ids_of_its_own() -> None:
     os.waitpid(pid, 0)
     assert len(childs) == len(parents) == 128
     assert {childs[i:i + 32] for i in range(0, 128, 32)}.isdisjoint({parents[i:i + 32] for i in range(0, 128, 32)})
+
+
+def test_the_limit_headers_written_in_one_pass_are_flask_limiters_after_the_retry_after_correction() -> None:
+    """Every answer a limited view can give (statuses, a Retry-After of the view's own, a limit with room or
+    breached): the one-pass hook leaves exactly the headers flask-limiter's hook and the correction leave."""
+    import functools
+    import itertools
+
+    from flask import Response
+    from flask_limiter import Limiter, RateLimitExceeded
+
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_TRANSFER="3 per minute")
+    inject = functools.partial(Limiter._Limiter__inject_headers, ratelimit.limiter)
+    view = "ledger.api.transactions.create_transaction.create_transaction"
+    statuses = (200, 201, 204, 400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503)
+    retry_afters = (None, "0", "1", "30", "Wed, 21 Oct 2026 07:28:00 GMT")
+    one_pass = 0
+    try:
+        for address, (status, retry_after) in enumerate(itertools.product(statuses, retry_afters)):
+            for attempt in range(5):  # room left, the last request within the limit, then breached
+                with app.test_request_context("/api/transactions", method="POST",
+                                              environ_base={"REMOTE_ADDR": f"198.51.100.{address}"}):
+                    with contextlib.suppress(RateLimitExceeded):
+                        assert ratelimit._check_view_limits(view)
+                    answers = [Response("{}", status=status, mimetype="application/json") for _ in range(2)]
+                    if retry_after is not None:
+                        for answer in answers:
+                            answer.headers["Retry-After"] = retry_after
+                    original = ratelimit._retry_after_only_when_refused(inject(answers[0]))
+                    real_inject = inject
+                    took_one_pass = []
+
+                    def counting_inject(response, real=real_inject, seen=took_one_pass):
+                        seen.append(False)
+                        return real(response)
+
+                    lean = ratelimit._limit_headers(answers[1], counting_inject)
+                    one_pass += not took_one_pass
+                    assert list(lean.headers.items()) == list(original.headers.items()), (status, retry_after,
+                                                                                          attempt)
+                    assert lean.headers.get("X-RateLimit-Limit") == "3"
+    finally:
+        drop_database(app)
+    assert one_pass > 0  # the one-pass path was taken, not only the fallback

@@ -6,10 +6,11 @@ segments, check and decode their base64url character by character, read the head
 part of authenticating a request outside the database. The parse is a pure function of the token's bytes,
 so :func:`install` memoises it: a bounded LRU of recently seen tokens.
 
-Nothing about verification changes. Only successful parses are remembered (a malformed token is parsed, and
-refused with PyJWT's own error, every time); the signature is checked, and ``exp``/``nbf``/``iat`` are
-validated against the clock, on every decode exactly as before, since those happen after the parse. Each
-caller gets its own copy of the header dict. Tokens longer than :data:`MAX_TOKEN_BYTES` are not remembered.
+The claims' JSON is remembered the same way (:func:`_memoise_payload`). Nothing about verification changes.
+Only successful parses are remembered (a malformed token is parsed, and refused with PyJWT's own error, every
+time); the signature is checked, and ``exp``/``nbf``/``iat`` are validated against the clock, on every decode
+exactly as before, since those happen after the parse. Each caller gets its own copy of the header and claims
+dicts. Tokens longer than :data:`MAX_TOKEN_BYTES` are not remembered.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import functools
 from typing import Any
 
 from jwt.api_jws import PyJWS
+from jwt.api_jwt import PyJWT
 
 MAX_TOKEN_BYTES = 4096
 CACHE_SIZE = 512  # tokens; at most CACHE_SIZE * MAX_TOKEN_BYTES of parsed segments
@@ -62,4 +64,28 @@ def install() -> None:
 
     _load.__ledger_memoised__ = parsed  # type: ignore[attr-defined]
     PyJWS._load = _load  # type: ignore[method-assign]
+    _memoise_payload()
     _installed = True
+
+
+def _memoise_payload() -> None:
+    """The claims' JSON is read from the token's bytes as often as the header is (each decode reads it again):
+    remembered the same way, per payload, successful reads only, each caller getting its own copy
+    (flask-jwt-extended adds claims to the dict it gets)."""
+    original = PyJWT.__dict__.get("_decode_payload")
+    if original is None:
+        return
+
+    @functools.lru_cache(maxsize=CACHE_SIZE)
+    def claims(parser: PyJWT, payload: bytes) -> dict[str, Any]:
+        return original(parser, {"payload": payload})
+
+    @functools.wraps(original)
+    def _decode_payload(self: PyJWT, decoded: dict[str, Any]) -> dict[str, Any]:
+        payload = decoded.get("payload")
+        if type(self) is not PyJWT or type(payload) is not bytes or len(payload) > MAX_TOKEN_BYTES:
+            return original(self, decoded)
+        return _copied(claims(self, payload))
+
+    _decode_payload.__ledger_memoised__ = claims  # type: ignore[attr-defined]
+    PyJWT._decode_payload = _decode_payload  # type: ignore[method-assign]

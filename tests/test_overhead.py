@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -293,6 +294,41 @@ def test_signature_and_expiry_are_still_checked_on_every_decode_of_a_remembered_
     first["alg"] = "none"
     assert second["alg"] == "HS256"  # every caller gets a header of its own
     assert memoised(parser, token)[2]["alg"] == "HS256"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.builds(lambda claims: json.dumps(claims).encode(), st.dictionaries(
+        st.text(max_size=8), st.none() | st.booleans() | st.integers() | st.text(max_size=12)
+        | st.lists(st.integers(), max_size=3) | st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+        max_size=5)),
+    st.sampled_from([b"[]", b"1", b'"x"', b"{", b"", b"\xff\xfe", b'{"a": NaN}', b"[" * 2000 + b"]" * 2000,
+                     b'{"exp": 1e400}', b'{"sub": "\\ud800"}']),
+    st.binary(max_size=40),
+))
+def test_remembered_claims_answer_exactly_what_pyjwt_reads_and_each_caller_gets_its_own(payload: bytes) -> None:
+    from jwt.api_jwt import PyJWT
+
+    from ledger import jwt_parse
+
+    jwt_parse.install()
+    parser = PyJWT()
+    memoised = PyJWT._decode_payload
+    original = memoised.__wrapped__
+    outcomes = []
+    for read in (original, memoised, memoised):  # the second memoised read is served from the cache
+        try:
+            outcomes.append(("ok", read(parser, {"payload": payload})))
+        except Exception as exc:  # noqa: BLE001 - the very same refusal is what is compared
+            outcomes.append(("error", type(exc), str(exc)))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    if outcomes[1][0] == "ok":
+        assert outcomes[1][1] is not outcomes[2][1]
+        outcomes[1][1]["added-by-a-caller"] = True
+        for value in outcomes[1][1].values():
+            if isinstance(value, list | dict):
+                value.clear()  # nested values are copies too
+        assert memoised(parser, {"payload": payload}) == outcomes[0][1]
 
 
 def test_a_revoked_or_altered_token_is_refused_after_it_was_used(api: Api) -> None:

@@ -624,6 +624,15 @@ def overhead_lines(report: dict[str, Any]) -> list[str]:
         for row in overhead["table"]:
             lines.append(f"| `{row['route']}` | {row['bare_us']} | {row['ours_us']} | {row['engine_us']} | "
                          f"{row['ours_outside_engine_us']} | {row['ratio_outside_engine']}x | {TARGETS[row['case']]} |")
+        cost = overhead.get("clock_cost_outside_us_per_call")
+        if cost is not None:
+            lines += ["", f"Outside the engine is ours less the engine clock's own work around each timed call "
+                          f"({cost} µs per call, measured in the same run; "
+                          + ", ".join(f"{row['clock_calls_per_request']} calls per {row['case']} request"
+                                      for row in overhead["table"] if row.get("clock_calls_per_request"))
+                          + "). Without that subtraction: "
+                          + " / ".join(f"{row.get('ours_outside_engine_unadjusted_us')} µs"
+                                       for row in overhead["table"]) + "."]
         lines.append("")
     for key, when in (("health_vs_bare", "the service as started (no data in the worker yet: the target's "
                                          "measure)"),

@@ -113,6 +113,15 @@ def _inspect(value: Any, limit: int) -> tuple[int, str | None]:
     return deepest, None
 
 
+def needs_inspection(text: str, limit: int) -> bool:
+    """Whether the parsed ``text`` could be nested deeper than ``limit`` or hold a lone surrogate, the two things
+    :func:`_inspect` looks for. ``text`` is decoded UTF-8, which cannot carry a surrogate: one can only come
+    from a ``\\u`` escape. Nesting needs an opening bracket per level, so with no more ``{``/``[`` characters
+    than ``limit`` (counted anywhere, strings included: an overcount only means looking) it is within it.
+    The usual body (a flat object, no escapes) is answered without walking it."""
+    return "\\u" in text or text.count("{") + text.count("[") > limit
+
+
 def is_json_request() -> bool:
     """Whether the request declares a JSON body (``application/json`` or a ``+json`` type)."""
     mimetype = request.mimetype or ""
@@ -149,7 +158,7 @@ def json_body(*, required: bool = True) -> dict[str, Any]:
     except ValueError as exc:
         raise ValidationFailed("Malformed JSON in request body") from exc
     limit = current_app.config.get("MAX_JSON_DEPTH", 32)
-    depth, not_unicode = _inspect(body, limit)
+    depth, not_unicode = _inspect(body, limit) if needs_inspection(text, limit) else (0, None)
     if depth > limit:
         raise ValidationFailed(f"JSON body is nested too deeply (limit {limit})")
     if not_unicode is not None:

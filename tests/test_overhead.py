@@ -698,3 +698,35 @@ def test_the_limit_headers_written_in_one_pass_are_flask_limiters_after_the_retr
     finally:
         drop_database(app)
     assert one_pass > 0  # the one-pass path was taken, not only the fallback
+
+
+# ------------------------------------------------------------------------------ request bodies, inspected lean
+
+_JSON_LEAVES = (st.none() | st.booleans() | st.integers() | st.text(max_size=6)
+                | st.sampled_from(["\ud800", "a\udfffb", "\\u", "{[", "é", "\u2028"]))
+_JSON_VALUES = st.recursive(_JSON_LEAVES, lambda inner: st.lists(inner, max_size=3)
+                            | st.dictionaries(st.text(max_size=4) | st.sampled_from(["\udc80", "k"]), inner,
+                                              max_size=3), max_leaves=25)
+
+
+@settings(max_examples=600, deadline=None)
+@given(value=_JSON_VALUES, ensure_ascii=st.booleans(), limit=st.integers(1, 6))
+def test_a_body_the_lean_check_passes_is_one_the_full_walk_finds_nothing_in(value, ensure_ascii: bool,
+                                                                             limit: int) -> None:
+    """Whatever JSON a client can send (valid UTF-8 on the wire): when ``needs_inspection`` says no walk is needed,
+    the walk would have found the body within the depth limit and free of lone surrogates."""
+    import json as json_module
+
+    from hypothesis import assume
+
+    from ledger.jsonio import _inspect, needs_inspection
+
+    try:
+        text = json_module.dumps(value, ensure_ascii=ensure_ascii).encode("utf-8").decode("utf-8")
+    except UnicodeEncodeError:
+        assume(False)  # a raw surrogate is not UTF-8: no client can send it unescaped
+    parsed = json_module.loads(text)
+    if not needs_inspection(text, limit):
+        depth, not_unicode = _inspect(parsed, limit)
+        assert depth <= limit
+        assert not_unicode is None

@@ -181,10 +181,14 @@ class BatchingStreamHandler(logging.StreamHandler):
         if self._writer is None:
             with self._start_lock:
                 if self._writer is None:
-                    self._parked = False
                     writer = threading.Thread(target=_write_batches, args=(weakref.ref(self),),
                                               name="ledger-log-writer", daemon=True)
-                    writer.start()
+                    try:
+                        writer.start()
+                    except RuntimeError:  # no new threads (the interpreter is shutting down): write it now
+                        self.flush()
+                        return
+                    self._parked = False
                     self._writer = writer
             return
         self._wake.set()

@@ -233,6 +233,24 @@ def test_a_line_that_arrives_as_the_writer_decides_to_park_is_still_written(make
     assert wait_for(lambda: messages(handler.stream.text()) == ["first", "as it parks"], timeout=2)
 
 
+def test_where_no_writer_thread_can_start_lines_are_written_at_once(make_handler, monkeypatch) -> None:
+    """At interpreter shutdown no thread can start: the line is written by the thread that logged it."""
+    handler, logger = make_handler(interval=30.0)
+
+    def refuse(_thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    logger.info("at shutdown")
+    assert messages(handler.stream.text()) == ["at shutdown"]
+    assert handler._writer is None
+    monkeypatch.undo()
+    logger.info("later")  # a later line may start the writer after all
+    assert wait_for(lambda: handler._writer is not None)
+    handler.flush()
+    assert messages(handler.stream.text()) == ["at shutdown", "later"]
+
+
 class FailingStream(RecordingStream):
     def __init__(self) -> None:
         super().__init__()

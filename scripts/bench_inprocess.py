@@ -82,12 +82,11 @@ class InProcessApi:
 def build_app(data_dir: str | None = None) -> Any:
     """The development configuration, as ``scripts/serve`` runs it, on a database of its own (the embedded
     engine in ``data_dir``: ``LEDGER_DATA_DIR`` when set, else a fresh temporary folder)."""
-    import tempfile
 
     from ledger import create_app
 
     if data_dir is None:
-        data_dir = os.environ.get("LEDGER_DATA_DIR") or tempfile.mkdtemp(prefix="ledger-bench-")
+        data_dir = os.environ.get("LEDGER_DATA_DIR") or _temporary_folder()
     # The configuration reads it (the development JWT secret lives in the folder) before overrides apply.
     os.environ["LEDGER_DATA_DIR"] = data_dir
     overrides = {
@@ -107,6 +106,17 @@ def build_app(data_dir: str | None = None) -> Any:
         "RATELIMIT_TRANSFER": "1000000 per minute",
     }
     return create_app(overrides, config_name="development")
+
+
+def _temporary_folder() -> str:
+    """A fresh folder for the embedded engine, removed when this process ends."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="ledger-bench-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def drop(app: Any) -> None:
@@ -622,9 +632,8 @@ def main() -> None:
     elif args.what == "seed":
         result = seed_folder(args.data_dir, max(1, min(args.transfers, 1_000_000)))
     elif args.what == "engine":
-        import tempfile
 
-        data_dir = args.data_dir or tempfile.mkdtemp(prefix="ledger-bench-")
+        data_dir = args.data_dir or _temporary_folder()
         result = engine_figures([int(size) for size in args.sizes.split(",")], data_dir,
                                 max(1, min(args.transfers, 10_000)))
     else:

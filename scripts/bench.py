@@ -916,7 +916,7 @@ def main() -> None:
                 report["phases"].append(phase)
                 log(f"    {phase['ok_per_second']} ok/s, p50 {phase['p50_ms']} ms, p95 {phase['p95_ms']} ms, "
                     f"p99 {phase['p99_ms']} ms, {phase['errors']} errors, {phase['transaction_retries']} retries")
-            if compare:
+            if compare and args.phases:
                 # Again once the embedded engine's data from the phases lives in the worker's heap (BENCHMARKS.md,
                 # round 5: it slows every request of the process, /health included).
                 report["health_vs_bare_after_load"] = compare_health(args, server, stamp, "after the load phases")

@@ -32,6 +32,7 @@ thread parks after a few empty rounds and is woken by the next line, so an idle 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -45,6 +46,8 @@ PIPE_BUF = 4096
 IDLE_ROUNDS_BEFORE_PARKING = 3
 # How often a parked writer looks whether its handler still exists (one dropped without close() ends it).
 PARKED_CHECK_SECONDS = 60.0
+# Lines queued at most; past this the logging thread writes its line itself (the stream is not keeping up).
+MAX_PENDING_LINES = 10_000
 
 _HANDLERS: weakref.WeakSet[BatchingStreamHandler] = weakref.WeakSet()
 
@@ -111,11 +114,11 @@ class BatchingStreamHandler(logging.StreamHandler):
             return previous
 
     def close(self) -> None:
+        self._closed = True  # from now on lines are written at once (after what is queued): none is left behind
         try:
             with self._write_lock:
                 self._write(self._take_pending())
         finally:
-            self._closed = True
             self._wake.set()  # a parked writer ends
             super().close()
 
@@ -123,7 +126,9 @@ class BatchingStreamHandler(logging.StreamHandler):
 
     def write_line(self, line: str) -> None:
         """Queue one finished line (its terminator included) for the writer, or write it now if ``interval`` is 0."""
-        if self._interval <= 0.0 or self._closed:
+        if self._interval <= 0.0 or self._closed or len(self._pending) >= MAX_PENDING_LINES:
+            # At once; also when the queue is full, i.e. the stream does not keep up (a blocked pipe): the
+            # logging thread then waits for the stream as an unbatched handler's would, and memory stays bounded.
             self.write_now(line)
             return
         self._pending.append(line)
@@ -154,11 +159,13 @@ class BatchingStreamHandler(logging.StreamHandler):
         stream = self.stream
         piece: list[str] = []
         size = 0
+        written = 0
         try:
             for line in lines:
                 if piece and size + len(line) > PIPE_BUF:
                     stream.write("".join(piece))
                     stream.flush()
+                    written += len(piece)
                     piece.clear()
                     size = 0
                 piece.append(line)
@@ -166,14 +173,15 @@ class BatchingStreamHandler(logging.StreamHandler):
             stream.write("".join(piece))
             stream.flush()
         except Exception:  # noqa: BLE001 - a closed or broken stream: say so through logging's hook, carry on
-            self._report_failure(len(lines))
+            self._report_failure(len(lines) - written)
 
     def _report_failure(self, count: int) -> None:
         record = logging.makeLogRecord({
             "name": "ledger.logwriter", "levelno": logging.ERROR, "levelname": "ERROR",
             "msg": "%d log line(s) could not be written", "args": (count,),
         })
-        self.handleError(record)
+        with contextlib.suppress(Exception):  # stderr itself is gone too: nothing left to tell
+            self.handleError(record)
 
     # ------------------------------------------------------------------------------------------ the writer
 
@@ -183,19 +191,32 @@ class BatchingStreamHandler(logging.StreamHandler):
                 if self._writer is None:
                     writer = threading.Thread(target=_write_batches, args=(weakref.ref(self),),
                                               name="ledger-log-writer", daemon=True)
+                    # Before start(): the writer may run, idle and park (setting it True) before start() returns.
+                    self._parked = False
+                    self._writer = writer
                     try:
                         writer.start()
                     except RuntimeError:  # no new threads (the interpreter is shutting down): write it now
+                        self._writer = None
+                        self._parked = True
                         self.flush()
-                        return
-                    self._parked = False
-                    self._writer = writer
             return
         self._wake.set()
 
 
 def _write_batches(handler_ref: weakref.ReferenceType[BatchingStreamHandler]) -> None:
-    """The writer thread: every ``interval`` seconds, write what was queued; park when nothing comes."""
+    """The writer thread. Should it ever end on an error, the next line starts another one."""
+    try:
+        _write_batches_until_closed(handler_ref)
+    finally:
+        handler = handler_ref()
+        if handler is not None and handler._writer is threading.current_thread():
+            handler._writer = None
+            handler._parked = True
+
+
+def _write_batches_until_closed(handler_ref: weakref.ReferenceType[BatchingStreamHandler]) -> None:
+    """Every ``interval`` seconds, write what was queued; park when nothing comes."""
     idle_rounds = 0
     while True:
         handler = handler_ref()
@@ -225,8 +246,12 @@ def _write_batches(handler_ref: weakref.ReferenceType[BatchingStreamHandler]) ->
             continue
         del handler
         while not wake.wait(PARKED_CHECK_SECONDS):
-            if handler_ref() is None:  # dropped without close(): nothing left to write for
+            handler = handler_ref()
+            if handler is None:  # dropped without close(): nothing left to write for
                 return
+            if handler._pending:  # a safety net: the protocol above leaves no line waiting, but look anyway
+                break
+            del handler
         handler = handler_ref()
         if handler is None:
             return
@@ -238,7 +263,9 @@ def _after_fork_in_child() -> None:
     # The writer thread did not survive the fork, the locks may have been held by threads that did not either,
     # and the queued lines are the parent's to write: start afresh.
     for handler in list(_HANDLERS):
+        closed = handler._closed
         handler._reset_writer_state()
+        handler._closed = closed
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -251,6 +251,84 @@ def test_where_no_writer_thread_can_start_lines_are_written_at_once(make_handler
     assert messages(handler.stream.text()) == ["at shutdown", "later"]
 
 
+def test_a_writer_that_idles_and_parks_before_its_start_returns_is_still_woken(make_handler, monkeypatch) -> None:
+    """The thread that starts the writer is descheduled right after start(): meanwhile the writer writes, idles
+    and parks. Lines logged afterwards must still wake it."""
+    handler, logger = make_handler(interval=0.005)
+    real_start = threading.Thread.start
+
+    def start_then_stall(thread) -> None:
+        real_start(thread)
+        wait_for(lambda: handler._parked, timeout=2)  # the writer has written, idled and parked
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_stall)
+    logger.info("first")
+    monkeypatch.undo()
+    assert messages(handler.stream.text()) == ["first"]
+    logger.info("second")
+    logger.info("third")
+    assert wait_for(lambda: messages(handler.stream.text()) == ["first", "second", "third"], timeout=2)
+
+
+class BlockingStream(RecordingStream):
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.released.wait(10)
+        return super().write(text)
+
+
+def test_when_the_stream_blocks_the_queue_stays_bounded_and_loggers_wait_for_it(make_handler, monkeypatch) -> None:
+    from ledger import logwriter
+
+    monkeypatch.setattr(logwriter, "MAX_PENDING_LINES", 5)
+    stream = BlockingStream()
+    handler, logger = make_handler(interval=0.005, stream=stream)
+    logger.info("line 0")
+    assert wait_for(lambda: handler._write_lock.locked())  # the writer is stuck in the stream's write
+    done = threading.Event()
+
+    def log_more() -> None:
+        for index in range(1, 20):
+            logger.info("line %d", index)
+        done.set()
+
+    producer = threading.Thread(target=log_more)
+    producer.start()
+    time.sleep(0.2)
+    assert not done.is_set()  # the logging thread waits for the stream, as with an unbatched handler
+    assert len(handler._pending) <= 5  # and memory stays bounded
+    stream.released.set()
+    producer.join(10)
+    handler.flush()
+    assert messages(stream.text()) == [f"line {index}" for index in range(20)]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is reported
+def test_a_writer_that_dies_is_replaced_by_the_next_line(make_handler) -> None:
+    handler, logger = make_handler(interval=0.005)
+    logger.info("first")
+    assert wait_for(lambda: messages(handler.stream.text()) == ["first"])
+    first_writer = handler._writer
+    real_take = handler._take_pending
+    calls = {"n": 0}
+
+    def take_once_failing():
+        calls["n"] += 1
+        if threading.current_thread() is first_writer and calls["n"] == 1:
+            raise RuntimeError("an unexpected error in the writer")
+        return real_take()
+
+    handler._take_pending = take_once_failing
+    logger.info("second")  # the writer dies taking it
+    assert wait_for(lambda: not first_writer.is_alive())
+    logger.info("third")  # starts a new writer, which writes both
+    assert wait_for(lambda: messages(handler.stream.text()) == ["first", "second", "third"], timeout=2)
+    assert handler._writer is not first_writer
+
+
 class FailingStream(RecordingStream):
     def __init__(self) -> None:
         super().__init__()

@@ -15,7 +15,6 @@ dicts. Tokens longer than :data:`MAX_TOKEN_BYTES` are not remembered.
 
 from __future__ import annotations
 
-import copy
 import functools
 from typing import Any
 
@@ -29,10 +28,11 @@ _installed = False
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-def _copied(header: dict[str, Any]) -> dict[str, Any]:
-    if all(type(value) in _SCALARS for value in header.values()):
-        return dict(header)
-    return copy.deepcopy(header)
+def _flat(values: dict[str, Any]) -> bool:
+    """Only dicts of plain scalars are remembered: a copy is then one ``dict()``, and a forged token's nested
+    header or claims (parsed before any signature check) can neither fill the cache with large structures nor
+    make each later use pay a deep copy."""
+    return all(type(value) in _SCALARS for value in values.values())
 
 
 def install() -> None:
@@ -43,8 +43,9 @@ def install() -> None:
         return
 
     @functools.lru_cache(maxsize=CACHE_SIZE)
-    def parsed(parser: PyJWS, token: bytes) -> tuple[bytes, bytes, dict[str, Any], bytes]:
-        return original(parser, token)
+    def parsed(parser: PyJWS, token: bytes) -> tuple[bytes, bytes, dict[str, Any], bytes] | None:
+        result = original(parser, token)
+        return result if _flat(result[2]) else None  # None: parse it afresh each time
 
     @functools.wraps(original)
     def _load(self: PyJWS, jwt: str | bytes) -> tuple[bytes, bytes, dict[str, Any], bytes]:
@@ -59,8 +60,11 @@ def install() -> None:
             return original(self, jwt)
         if len(token) > MAX_TOKEN_BYTES:
             return original(self, token)
-        payload, signing_input, header, signature = parsed(self, token)
-        return payload, signing_input, _copied(header), signature
+        remembered = parsed(self, token)
+        if remembered is None:
+            return original(self, token)
+        payload, signing_input, header, signature = remembered
+        return payload, signing_input, dict(header), signature
 
     _load.__ledger_memoised__ = parsed  # type: ignore[attr-defined]
     PyJWS._load = _load  # type: ignore[method-assign]
@@ -77,15 +81,17 @@ def _memoise_payload() -> None:
         return
 
     @functools.lru_cache(maxsize=CACHE_SIZE)
-    def claims(parser: PyJWT, payload: bytes) -> dict[str, Any]:
-        return original(parser, {"payload": payload})
+    def claims(parser: PyJWT, payload: bytes) -> dict[str, Any] | None:
+        result = original(parser, {"payload": payload})
+        return result if _flat(result) else None  # None: read it afresh each time
 
     @functools.wraps(original)
     def _decode_payload(self: PyJWT, decoded: dict[str, Any]) -> dict[str, Any]:
         payload = decoded.get("payload")
         if type(self) is not PyJWT or type(payload) is not bytes or len(payload) > MAX_TOKEN_BYTES:
             return original(self, decoded)
-        return _copied(claims(self, payload))
+        remembered = claims(self, payload)
+        return original(self, decoded) if remembered is None else dict(remembered)
 
     _decode_payload.__ledger_memoised__ = claims  # type: ignore[attr-defined]
     PyJWT._decode_payload = _decode_payload  # type: ignore[method-assign]

@@ -344,11 +344,12 @@ def _limit_headers(response: Response, inject: Callable[[Response], Response]) -
     """
     context = _cv_request.get().__dict__[_LIMITER_CONTEXT].get(limiter)
     headers = response.headers
+    mapping = limiter._header_mapping
     if (context is None or context.conditional_deductions or response.status_code in _RETRYABLE_STATUSES
-            or "Retry-After" in headers):
+            or "Retry-After" in headers or mapping.get(HeaderNames.RETRY_AFTER, "Retry-After") != "Retry-After"):
+        # (A renamed retry header, RATELIMIT_HEADER_RETRY_AFTER, is one the correction leaves in place.)
         return _retry_after_only_when_refused(inject(response))
     header_limit = context.view_rate_limit
-    mapping = limiter._header_mapping
     if not (limiter.enabled and limiter._headers_enabled and header_limit and mapping):
         return response
     try:

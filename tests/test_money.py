@@ -162,7 +162,8 @@ def test_money_format_for_people_has_the_code_grouping_and_all_decimals(minor, c
        currency=st.sampled_from([*money.CURRENCY_EXPONENTS, "XXX"]))
 def test_money_format_for_people_is_the_decimal_formatting_of_the_amount(minor: int, currency: str) -> None:
     """Integer arithmetic writes what formatting the Decimal amount wrote, for every currency (and an unknown
-    code, shown with two decimals), any sign and any size."""
+    code, shown with two decimals) and either sign, up to 10^20 minor units (amounts are capped at 10^12 major
+    units; past 28 digits the Decimal formatting rounded, the integers do not)."""
     exponent = money.CURRENCY_EXPONENTS.get(currency, 2)
     sign = "-" if minor < 0 else ""
     major = Decimal(abs(minor)).scaleb(-exponent)

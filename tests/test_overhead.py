@@ -331,6 +331,35 @@ def test_remembered_claims_answer_exactly_what_pyjwt_reads_and_each_caller_gets_
         assert memoised(parser, {"payload": payload}) == outcomes[0][1]
 
 
+def test_only_flat_headers_and_claims_are_remembered() -> None:
+    """A forged token is parsed before any signature check: nested values in its header or claims are read
+    afresh each time rather than remembered (no large structures in the cache, no deep copy per use)."""
+    import base64
+
+    from jwt.api_jws import PyJWS
+    from jwt.api_jwt import PyJWT
+
+    from ledger import jwt_parse
+
+    jwt_parse.install()
+
+    def segment(value) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    remembered_claims = PyJWT._decode_payload.__ledger_memoised__
+    remembered_parse = PyJWS._load.__ledger_memoised__
+    nested = json.dumps({"sub": "u", "blob": [{}] * 200}).encode()
+    flat = json.dumps({"sub": "u", "exp": 1, "admin": False}).encode()
+    assert remembered_claims(PyJWT(), nested) is None
+    assert remembered_claims(PyJWT(), flat) == {"sub": "u", "exp": 1, "admin": False}
+    assert PyJWT()._decode_payload({"payload": nested}) == json.loads(nested)  # still answered, read afresh
+    nested_header = f"{segment({'alg': 'HS256', 'kid': [1, 2]})}.{segment({'sub': 'u'})}.c2ln".encode()
+    flat_header = f"{segment({'alg': 'HS256', 'typ': 'JWT'})}.{segment({'sub': 'u'})}.c2ln".encode()
+    assert remembered_parse(PyJWS(), nested_header) is None
+    assert remembered_parse(PyJWS(), flat_header)[2] == {"alg": "HS256", "typ": "JWT"}
+    assert PyJWS()._load(nested_header)[2] == {"alg": "HS256", "kid": [1, 2]}
+
+
 def test_a_revoked_or_altered_token_is_refused_after_it_was_used(api: Api) -> None:
     _, token = api.user()
     assert api.request("GET", "/api/accounts", token).status_code == 200
@@ -656,16 +685,22 @@ def test_a_forked_worker_generates_request_ids_of_its_own() -> None:
     assert {childs[i:i + 32] for i in range(0, 128, 32)}.isdisjoint({parents[i:i + 32] for i in range(0, 128, 32)})
 
 
-def test_the_limit_headers_written_in_one_pass_are_flask_limiters_after_the_retry_after_correction() -> None:
+@pytest.mark.parametrize("retry_header", [None, "X-Retry-After"])
+def test_the_limit_headers_written_in_one_pass_are_flask_limiters_after_the_retry_after_correction(
+        retry_header: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every answer a limited view can give (statuses, a Retry-After of the view's own, a limit with room or
-    breached): the one-pass hook leaves exactly the headers flask-limiter's hook and the correction leave."""
+    breached), with the retry header's default name and a renamed one: the one-pass hook leaves exactly the
+    headers flask-limiter's hook and the correction leave."""
     import functools
     import itertools
 
     from flask import Response
     from flask_limiter import Limiter, RateLimitExceeded
+    from flask_limiter.constants import HeaderNames
 
     app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_TRANSFER="3 per minute")
+    if retry_header:  # as RATELIMIT_HEADER_RETRY_AFTER sets it (on the process's one limiter, at its first app)
+        monkeypatch.setitem(ratelimit.limiter._header_mapping, HeaderNames.RETRY_AFTER, retry_header)
     inject = functools.partial(Limiter._Limiter__inject_headers, ratelimit.limiter)
     view = "ledger.api.transactions.create_transaction.create_transaction"
     statuses = (200, 201, 204, 400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503)
@@ -697,7 +732,10 @@ def test_the_limit_headers_written_in_one_pass_are_flask_limiters_after_the_retr
                     assert lean.headers.get("X-RateLimit-Limit") == "3"
     finally:
         drop_database(app)
-    assert one_pass > 0  # the one-pass path was taken, not only the fallback
+    if retry_header is None:
+        assert one_pass > 0  # the one-pass path was taken, not only the fallback
+    else:
+        assert one_pass == 0  # a renamed retry header stays where the correction would leave it
 
 
 # ------------------------------------------------------------------------------ request bodies, inspected lean

@@ -12,11 +12,11 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.gunicorn_process import running_gunicorn
 from tests.test_email import SmtpServer, free_port
 
@@ -42,15 +42,6 @@ def metric(port: int, result: str) -> float:
     _, text = call(port, "GET", "/metrics")
     prefix = f'ledger_notifications_total{{result="{result}"}} '
     return sum(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def test_mail_queued_during_an_smtp_outage_arrives_exactly_once_over_real_http(

@@ -23,6 +23,7 @@ import pytest
 
 from ledger.logwriter import PIPE_BUF, BatchingStreamHandler
 from ledger.observability import JsonFormatter
+from tests import conftest
 
 
 class RecordingStream(io.StringIO):
@@ -63,12 +64,7 @@ def make_handler() -> Iterator:
 
 
 def wait_for(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
+    return conftest.wait_for(condition, timeout, interval=0.005)
 
 
 def messages(text: str) -> list[str]:

@@ -21,9 +21,12 @@ What it keeps:
   stopped by SIGTERM writes its last lines), and so does ``setStream``.
 * Fork: the child starts with an empty queue and starts its own writer on its first line; what was queued
   before the fork is the parent's to write.
+* Bounds: at most :data:`MAX_PENDING_LINES` wait. When the stream stops taking lines (a blocked pipe), the
+  logging thread writes its own line and so waits for the stream, as it would without batching.
 
-What it gives up: lines still queued when the process is killed outright (SIGKILL, ``os._exit``) are lost: at
-most ``interval`` seconds of INFO lines. The ledger's records are in its database; the log is observability.
+What it gives up: lines still queued when the process is killed outright (SIGKILL, ``os._exit``) are lost:
+normally at most ``interval`` seconds of INFO lines. The ledger's records are in its database; the log is
+observability.
 
 ``interval`` 0 writes every line at once on the calling thread, as ``logging.StreamHandler`` does. The writer
 thread parks after a few empty rounds and is woken by the next line, so an idle process does not wake up.

@@ -28,7 +28,7 @@ from flask import Flask
 
 from ledger import db, mailer, metrics
 from ledger.services import notifications, outbox
-from tests.conftest import Api, drop_database, make_app, unique_email
+from tests.conftest import Api, drop_database, make_app, unique_email, wait_for
 
 FAST_OUTBOX = {
     "OUTBOX_BACKOFF_SECONDS": 0.05,
@@ -178,12 +178,7 @@ def outbox_documents(app: Flask, **query: Any) -> list[dict[str, Any]]:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
+    return wait_for(condition, timeout, interval)
 
 
 def drain_until_settled(app: Flask, timeout: float = 10.0) -> None:
